@@ -1,0 +1,1 @@
+//! ssemux gateway library.
