@@ -1,1 +1,4 @@
-//! ssemux gateway library.
+//! ssemux gateway library: the data path auth → hub → channel → tab, plus the
+//! reverse proxy for every other request.
+
+pub mod body;
