@@ -1,4 +1,18 @@
 //! ssemux gateway library: the data path auth → hub → channel → tab, plus the
 //! reverse proxy for every other request.
+//!
+//! Modules are named after what they own on the data path; see each module's
+//! top comment for what it must never do.
 
+pub mod auth;
 pub mod body;
+pub mod channel;
+pub mod client;
+pub mod config;
+pub mod hub;
+pub mod proxy;
+pub mod server;
+pub mod tab;
+pub mod translate;
+pub mod upstream;
+pub mod watermark;

@@ -1,1 +1,189 @@
-fn main() {}
+//! The `ssemux` binary: command line, logging, signals. Thin by design: every
+//! behaviour lives in `ssemux-gateway`; this file only turns flags, files and
+//! signals into calls on it, and adds context to errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ssemux_gateway::config::Config;
+use ssemux_gateway::server::Gateway;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "ssemux", version, about = "SSE multiplexing reverse proxy: one upstream stream per user, live triggers for every tab")]
+struct Cli {
+    /// Log format: `human` or `json`.
+    #[arg(long, global = true, default_value = "human", env = "SSEMUX_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML). Every key can also be set by an
+        /// `SSEMUX_<SECTION>_<KEY>` variable or `--set section.key=value`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address (same as `--set listen=…`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Backend base URL (same as `--set backend=…`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Override any key: `--set hub.grace=5s` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Validate a configuration file and print it with defaults filled in.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Run the mock chat backend and the gateway together on loopback.
+    Demo {
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Mock backend address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        backend_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssemux: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig { file } => {
+            return match Config::load(Some(&file), std::env::vars(), &[]) {
+                Ok(cfg) => {
+                    println!("{}", cfg.to_toml());
+                    eprintln!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Serve {
+            config,
+            listen,
+            backend,
+            mut set,
+        } => {
+            if let Some(l) = listen {
+                set.push(format!("listen={l}"));
+            }
+            if let Some(b) = backend {
+                set.push(format!("backend={b}"));
+            }
+            match Config::load(config.as_deref(), std::env::vars(), &set) {
+                Ok(cfg) => rt.block_on(serve(cfg)),
+                Err(e) => {
+                    eprintln!("ssemux: configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Demo {
+            listen,
+            backend_listen,
+        } => rt.block_on(demo(listen, backend_listen)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ssemux: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SSEMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, backend = %cfg.backend, "ssemux serving");
+    let gateway = Gateway::new(cfg).context("cannot build gateway")?;
+    let shutdown = gateway.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down; a second signal exits at once");
+        shutdown.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    gateway.serve(listener).await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<()> {
+    let backend = ssemux_mock_upstream::MockBackend::start(backend_listen)
+        .await
+        .with_context(|| format!("cannot start the mock backend on {backend_listen}"))?;
+    let cfg = Config::from_parts(
+        "",
+        std::env::vars(),
+        &[format!("listen={listen}"), format!("backend={}", backend.url())],
+    )
+    .context("demo configuration")?;
+    println!();
+    println!("  ssemux demo");
+    println!("  open   http://{listen}/   and log in as alice, bob or carol");
+    println!("         (use a second browser profile or private window for a second user)");
+    println!("  curl:  curl -c jar -d user=alice http://{listen}/login");
+    println!("         curl -b jar -N http://{listen}/events");
+    println!("  mock backend at {}", backend.url());
+    println!();
+    serve(cfg).await
+}

@@ -1,0 +1,585 @@
+//! Configuration: the one place that knows every key, its default and how it
+//! is spelled in TOML, in `SSEMUX_*` environment variables and in `--set`
+//! flags. Must never do I/O beyond reading the file it is given, and never
+//! hold runtime state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::translate::{self, Rules};
+
+/// Why a configuration was refused. Always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or a key with the wrong type (the message names it).
+    #[error("{0}")]
+    Parse(String),
+    /// An override (`--set` or env var) is malformed.
+    #[error("override `{0}`: expected KEY=VALUE")]
+    Override(String),
+    /// A key is unknown.
+    #[error("unknown key `{0}`")]
+    UnknownKey(String),
+    /// A value is well-typed but not acceptable.
+    #[error("key `{key}`: {why}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// Why the value is refused.
+        why: String,
+    },
+}
+
+/// A duration written as `250ms`, `10s`, `5m` or `1h` (a bare integer means
+/// seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (use e.g. 250ms, 10s, 5m)"))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address ssemux listens on for browsers.
+    pub listen: SocketAddr,
+    /// Base URL of the backend (`http://` or `https://`), may carry a path prefix.
+    pub backend: String,
+    /// Path of the multiplexed SSE endpoint served by ssemux itself.
+    pub events_path: String,
+    /// Identity by introspection.
+    pub auth: AuthConfig,
+    /// The per-user upstream SSE connection.
+    pub upstream: UpstreamConfig,
+    /// The per-user channel and the tab streams.
+    pub hub: HubConfig,
+    /// Read-watermark handling.
+    pub watermark: WatermarkConfig,
+    /// Reverse proxy for every other request.
+    pub proxy: ProxySection,
+    /// Listener behaviour.
+    pub server: ServerConfig,
+    /// Upstream event → trigger rules.
+    pub translate: Rules,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backend: "http://127.0.0.1:8081".into(),
+            events_path: "/events".into(),
+            auth: AuthConfig::default(),
+            upstream: UpstreamConfig::default(),
+            hub: HubConfig::default(),
+            watermark: WatermarkConfig::default(),
+            proxy: ProxySection::default(),
+            server: ServerConfig::default(),
+            translate: Rules::default(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Backend path that answers `200 {"id": "<user>"}` for a valid cookie.
+    pub me_path: String,
+    /// How long a positive answer is cached per cookie.
+    pub cache_ttl: Dur,
+    /// How long a 401 is cached per cookie (keep short: a user may log in).
+    pub negative_ttl: Dur,
+    /// Upper bound on cached identities.
+    pub cache_max_entries: usize,
+    /// Time allowed for the introspection call.
+    pub timeout: Dur,
+    /// `Retry-After` seconds sent with `503` when the backend is unreachable.
+    pub retry_after_secs: u64,
+    /// Name of the backend's session cookie: its value keys a tab that sends
+    /// no tab id.
+    pub session_cookie: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            me_path: "/api/v1/me".into(),
+            cache_ttl: Dur(Duration::from_secs(30)),
+            negative_ttl: Dur(Duration::from_secs(1)),
+            cache_max_entries: 100_000,
+            timeout: Dur(Duration::from_secs(5)),
+            retry_after_secs: 2,
+            session_cookie: "session".into(),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Backend path of the per-user SSE stream.
+    pub events_path: String,
+    /// An upstream silent (not even a comment) this long is treated as dead.
+    pub idle_timeout: Dur,
+    /// Smallest reconnect delay.
+    pub backoff_min: Dur,
+    /// Largest reconnect delay.
+    pub backoff_max: Dur,
+    /// A connection that stayed up this long resets the backoff.
+    pub backoff_reset_after: Dur,
+    /// Largest upstream event accepted; bigger ones are skipped and cause a `resync`.
+    pub max_event_bytes: usize,
+    /// Time allowed to open the TCP/TLS connection.
+    pub connect_timeout: Dur,
+    /// Time allowed for the upstream's response head.
+    pub response_timeout: Dur,
+    /// Extra CA certificate (PEM) trusted for an https backend.
+    pub extra_ca_pem: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            events_path: "/api/v1/events".into(),
+            idle_timeout: Dur(Duration::from_secs(45)),
+            backoff_min: Dur(Duration::from_millis(250)),
+            backoff_max: Dur(Duration::from_secs(30)),
+            backoff_reset_after: Dur(Duration::from_secs(60)),
+            max_event_bytes: 64 * 1024,
+            connect_timeout: Dur(Duration::from_secs(5)),
+            response_timeout: Dur(Duration::from_secs(15)),
+            extra_ca_pem: None,
+        }
+    }
+}
+
+/// `[hub]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// How long a user's channel (and its upstream) outlives its last tab.
+    pub grace: Dur,
+    /// Keepalive comment after this much idle on a tab stream.
+    pub keepalive: Dur,
+    /// Base of the `retry:` hint sent first on every tab stream; each tab gets
+    /// this plus up to the same again of jitter, spreading reconnects.
+    pub retry_hint: Dur,
+    /// Encoded triggers kept per user for `Last-Event-ID` replay.
+    pub ring_size: usize,
+    /// Triggers a tab may fall behind before it gets a `resync`.
+    pub broadcast_buffer: usize,
+    /// Most tabs one user may hold open; beyond → `429`.
+    pub max_tabs_per_user: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            grace: Dur(Duration::from_secs(10)),
+            keepalive: Dur(Duration::from_secs(15)),
+            retry_hint: Dur(Duration::from_secs(2)),
+            ring_size: 256,
+            broadcast_buffer: 1024,
+            max_tabs_per_user: 64,
+        }
+    }
+}
+
+/// `[watermark]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// Path of the backend's read-watermark endpoint; a 2xx `POST` of
+    /// `{peer,rowId}` through ssemux marks the peer active for the tab.
+    pub read_path: String,
+    /// Upstream event whose `peer` may be advanced automatically.
+    pub inbound_event: String,
+    /// Time allowed for each automatic watermark POST.
+    pub timeout: Dur,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig {
+            read_path: "/api/v1/contacts/read".into(),
+            inbound_event: "inbound".into(),
+            timeout: Dur(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// `[proxy]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySection {
+    /// Largest request body forwarded to the backend.
+    pub max_request_body: u64,
+    /// Time allowed for the backend's response head.
+    pub response_timeout: Dur,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Time allowed for a client to send its request head (slowloris guard).
+    pub header_read_timeout: Dur,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub drain_timeout: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            drain_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            max_request_body: 10 * 1024 * 1024,
+            response_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Config {
+    /// Load `path` (if given), then apply `SSEMUX_*` variables from `env`,
+    /// then `overrides` (`key.path=value`), then validate.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, env, overrides)
+    }
+
+    /// Like [`Config::load`] with the file's text already read.
+    pub fn from_parts(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let known = known_keys();
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for key in &known {
+            let var = env_name(key);
+            if let Some(v) = env.get(&var) {
+                set_path(&mut table, key, v);
+            }
+        }
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Override(o.clone()))?;
+            let k = k.trim();
+            if !known.iter().any(|kk| kk == k) {
+                return Err(ConfigError::UnknownKey(k.to_string()));
+            }
+            set_path(&mut table, k, v);
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reject values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                why: why.into(),
+            })
+        };
+        match self.backend.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+            _ => return bad("backend", "must be an absolute http:// or https:// URL"),
+        }
+        for (key, p) in [
+            ("events_path", &self.events_path),
+            ("auth.me_path", &self.auth.me_path),
+            ("upstream.events_path", &self.upstream.events_path),
+            ("watermark.read_path", &self.watermark.read_path),
+        ] {
+            if !p.starts_with('/') {
+                return bad(key, "must start with `/`");
+            }
+        }
+        if self.hub.ring_size == 0 {
+            return bad("hub.ring_size", "must be at least 1");
+        }
+        if self.hub.broadcast_buffer == 0 {
+            return bad("hub.broadcast_buffer", "must be at least 1");
+        }
+        if self.hub.max_tabs_per_user == 0 {
+            return bad("hub.max_tabs_per_user", "must be at least 1");
+        }
+        if self.hub.keepalive.0.is_zero() {
+            return bad("hub.keepalive", "must be more than 0");
+        }
+        if self.upstream.backoff_min.0.is_zero() {
+            return bad("upstream.backoff_min", "must be more than 0");
+        }
+        if self.upstream.backoff_max < self.upstream.backoff_min {
+            return bad("upstream.backoff_max", "must be at least upstream.backoff_min");
+        }
+        if self.upstream.idle_timeout.0.is_zero() {
+            return bad("upstream.idle_timeout", "must be more than 0");
+        }
+        if self.upstream.max_event_bytes < 64 {
+            return bad("upstream.max_event_bytes", "must be at least 64");
+        }
+        translate::validate(&self.translate).map_err(|e| ConfigError::Invalid {
+            key: "translate".into(),
+            why: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// `path` (which may carry a query) appended to the backend base URL,
+    /// keeping the base's own path prefix.
+    pub fn backend_url(&self, path: &str) -> Result<http::Uri, ConfigError> {
+        join_url(&self.backend, path).map_err(|why| ConfigError::Invalid {
+            key: "backend".into(),
+            why,
+        })
+    }
+
+    /// The configuration as TOML (every key, defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// `base` (absolute URL, maybe with a path prefix) + `path`.
+pub fn join_url(base: &str, path: &str) -> Result<http::Uri, String> {
+    let base: http::Uri = base.parse().map_err(|e| format!("{e}"))?;
+    let pq = format!("{}{path}", base.path().trim_end_matches('/'));
+    let mut parts = base.into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|e| format!("{e}"))?);
+    http::Uri::from_parts(parts).map_err(|e| format!("{e}"))
+}
+
+/// Every scalar key as a dotted path (`hub.grace`), derived from the defaults
+/// so the list cannot drift from the struct.
+pub fn known_keys() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(Config::default()) {
+        collect_keys("", &t, &mut out);
+    }
+    // Optional keys have no default value to discover them by.
+    out.push("upstream.extra_ca_pem".into());
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => collect_keys(&path, inner, out),
+            // Arrays of tables (translation rules) are file-only.
+            toml::Value::Array(_) => {}
+            _ => out.push(path),
+        }
+    }
+}
+
+/// `hub.max_tabs_per_user` → `SSEMUX_HUB_MAX_TABS_PER_USER`.
+pub fn env_name(key: &str) -> String {
+    format!("SSEMUX_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
+    let mut cur = table;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            cur.insert(part.to_string(), scalar(raw));
+            return;
+        }
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            _ => return,
+        }
+    }
+}
+
+/// An override value: integers and booleans keep their type so they land in
+/// numeric keys; everything else is a string.
+fn scalar(raw: &str) -> toml::Value {
+    let raw = raw.trim();
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let cfg = Config::default();
+        cfg.validate().expect("defaults valid");
+        let again = Config::from_parts(&cfg.to_toml(), none(), &[]).expect("round trip");
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
+        assert_eq!("10s".parse::<Dur>(), Ok(Dur(Duration::from_secs(10))));
+        assert_eq!("2m".parse::<Dur>(), Ok(Dur(Duration::from_secs(120))));
+        assert!("ten".parse::<Dur>().is_err());
+        assert!("5y".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn env_and_flags_override_file() {
+        let file = "[hub]\ngrace = \"3s\"\nring_size = 8\n";
+        let env = vec![
+            ("SSEMUX_HUB_RING_SIZE".to_string(), "16".to_string()),
+            ("SSEMUX_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cfg = Config::from_parts(file, env, &["hub.grace=5s".into()]).expect("valid");
+        assert_eq!(cfg.hub.grace, Dur(Duration::from_secs(5)));
+        assert_eq!(cfg.hub.ring_size, 16);
+        assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_parts("[hub]\ngrace = \"soon\"\n", none(), &[]).unwrap_err();
+        assert!(e.to_string().contains("grace"), "{e}");
+        let e = Config::from_parts("[hub]\nbogus = 1\n", none(), &[]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = Config::from_parts("backend = \"ftp://x\"\n", none(), &[]).unwrap_err();
+        assert!(e.to_string().contains("backend"), "{e}");
+        let e = Config::from_parts("", none(), &["hub.nope=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("hub.nope"), "{e}");
+        let e = Config::from_parts("[hub]\nring_size = 0\n", none(), &[]).unwrap_err();
+        assert!(e.to_string().contains("hub.ring_size"), "{e}");
+    }
+
+    #[test]
+    fn urls_join_with_prefix() {
+        assert_eq!(
+            join_url("http://h:1", "/api/v1/me").map(|u| u.to_string()),
+            Ok("http://h:1/api/v1/me".to_string())
+        );
+        assert_eq!(
+            join_url("https://h/base/", "/x?y=1").map(|u| u.to_string()),
+            Ok("https://h/base/x?y=1".to_string())
+        );
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name("hub.max_tabs_per_user"), "SSEMUX_HUB_MAX_TABS_PER_USER");
+        assert!(known_keys().contains(&"upstream.idle_timeout".to_string()));
+    }
+}

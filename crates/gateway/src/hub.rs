@@ -1,0 +1,244 @@
+//! Hub: the map user → channel, and the lifecycle of each entry (refcount of
+//! tabs, grace timer, generation check). Owns that map and nothing else; it
+//! never parses HTTP, never reads upstream bytes and never encodes frames.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::Channel;
+use crate::config::HubConfig;
+use crate::upstream::{End, Upstream};
+
+/// Why a tab could not subscribe.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    /// The user already holds `max_tabs_per_user` tabs.
+    #[error("too many tabs for this user (limit {0})")]
+    TooManyTabs(usize),
+    /// The hub is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Hub settings (from `[hub]`).
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    /// Channel lifetime after the last tab leaves.
+    pub grace: Duration,
+    /// Replay ring length.
+    pub ring_size: usize,
+    /// Broadcast buffer per channel.
+    pub broadcast_buffer: usize,
+    /// Tabs per user.
+    pub max_tabs_per_user: usize,
+}
+
+impl From<&HubConfig> for HubSettings {
+    fn from(c: &HubConfig) -> Self {
+        HubSettings {
+            grace: c.grace.0,
+            ring_size: c.ring_size,
+            broadcast_buffer: c.broadcast_buffer,
+            max_tabs_per_user: c.max_tabs_per_user,
+        }
+    }
+}
+
+struct Entry {
+    channel: Arc<Channel>,
+    /// Stops this channel's upstream task.
+    cancel: CancellationToken,
+    subs: usize,
+    /// Bumped on every subscribe/unsubscribe: a grace timer only closes the
+    /// entry if nothing happened since it was armed.
+    generation: u64,
+}
+
+struct Inner {
+    entries: DashMap<String, Entry>,
+    settings: HubSettings,
+    upstream: Arc<Upstream>,
+    shutdown: CancellationToken,
+    upstreams_started: AtomicU64,
+}
+
+/// Shared handle to the hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// One tab's hold on its user's channel. Dropping it (the tab's stream ended)
+/// releases the tab's credentials and, for the last tab, arms the grace timer.
+pub struct Subscription {
+    channel: Arc<Channel>,
+    cred_key: u64,
+    hub: Hub,
+}
+
+impl Subscription {
+    /// The user's channel.
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.channel.remove_credential(self.cred_key);
+        self.hub.release(&self.channel);
+    }
+}
+
+impl Hub {
+    /// A hub whose channels run `upstream`.
+    pub fn new(settings: HubSettings, upstream: Upstream) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                entries: DashMap::new(),
+                settings,
+                upstream: Arc::new(upstream),
+                shutdown: CancellationToken::new(),
+                upstreams_started: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Add a tab for `user`, presenting `cookie` to the backend. The first
+    /// tab creates the channel and starts its upstream; later tabs (any
+    /// session, any device) share it.
+    pub fn subscribe(&self, user: &str, cookie: &str) -> Result<Subscription, HubError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let limit = self.inner.settings.max_tabs_per_user;
+        let mut entry = self
+            .inner
+            .entries
+            .entry(user.to_string())
+            .or_insert_with(|| self.open(user));
+        if entry.subs >= limit {
+            return Err(HubError::TooManyTabs(limit));
+        }
+        entry.subs += 1;
+        entry.generation += 1;
+        let channel = entry.channel.clone();
+        // Credentials are added while the entry is locked so the upstream
+        // task never sees a channel with a subscriber but no credential.
+        let cred_key = channel.add_credential(cookie);
+        drop(entry);
+        Ok(Subscription {
+            channel,
+            cred_key,
+            hub: self.clone(),
+        })
+    }
+
+    /// Create an entry and start its upstream. Runs under the map's shard lock.
+    fn open(&self, user: &str) -> Entry {
+        let s = &self.inner.settings;
+        let channel = Channel::new(user, s.ring_size, s.broadcast_buffer);
+        let cancel = self.inner.shutdown.child_token();
+        self.inner.upstreams_started.fetch_add(1, Ordering::Relaxed);
+        let upstream = self.inner.upstream.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let (ch, c) = (channel.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if upstream.run(ch.clone(), c).await == End::LoggedOut {
+                // The tabs were told `logout`; forget the channel so the next
+                // login starts afresh. Only this very channel is removed.
+                if let Some(inner) = weak.upgrade() {
+                    inner
+                        .entries
+                        .remove_if(ch.user(), |_, e| Arc::ptr_eq(&e.channel, &ch));
+                }
+            }
+        });
+        Entry {
+            channel,
+            cancel,
+            subs: 0,
+            generation: 0,
+        }
+    }
+
+    fn release(&self, channel: &Arc<Channel>) {
+        let user = channel.user();
+        let armed = match self.inner.entries.get_mut(user) {
+            Some(mut e) if Arc::ptr_eq(&e.channel, channel) => {
+                e.subs = e.subs.saturating_sub(1);
+                e.generation += 1;
+                (e.subs == 0).then_some(e.generation)
+            }
+            // The channel was already dropped (logout); nothing to count.
+            _ => None,
+        };
+        let Some(generation) = armed else { return };
+        let grace = self.inner.settings.grace;
+        let weak = Arc::downgrade(&self.inner);
+        let user = user.to_string();
+        let close = move |inner: &Inner| {
+            if let Some((_, e)) = inner
+                .entries
+                .remove_if(&user, |_, e| e.subs == 0 && e.generation == generation)
+            {
+                e.cancel.cancel();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !grace.is_zero() => {
+                rt.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if let Some(inner) = weak.upgrade() {
+                        close(&inner);
+                    }
+                });
+            }
+            _ => close(&self.inner),
+        }
+    }
+
+    /// Users with a channel (including channels in grace).
+    pub fn channels(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    /// Channels with no tab, waiting out their grace.
+    pub fn channels_in_grace(&self) -> usize {
+        self.inner.entries.iter().filter(|e| e.subs == 0).count()
+    }
+
+    /// Tabs of `user` currently subscribed.
+    pub fn tabs(&self, user: &str) -> usize {
+        self.inner.entries.get(user).map_or(0, |e| e.subs)
+    }
+
+    /// Tabs of all users.
+    pub fn total_tabs(&self) -> usize {
+        self.inner.entries.iter().map(|e| e.subs).sum()
+    }
+
+    /// The channel of `user`, if one exists.
+    pub fn channel(&self, user: &str) -> Option<Arc<Channel>> {
+        self.inner.entries.get(user).map(|e| e.channel.clone())
+    }
+
+    /// Upstream tasks started since the hub was created.
+    pub fn upstreams_started(&self) -> u64 {
+        self.inner.upstreams_started.load(Ordering::Relaxed)
+    }
+
+    /// Stop every upstream; refuse new tabs. Tab streams are ended by their
+    /// own shutdown signal, not by the hub.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,412 @@
+//! Hub tests on tokio's paused clock, driving the hub directly with a
+//! scripted upstream connector (no sockets).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::*;
+use crate::body::BoxError;
+use crate::translate::Rules;
+use crate::upstream::{ByteStream, ConnectError, ConnectRequest, Connector, UpstreamSettings};
+
+type Tx = mpsc::UnboundedSender<Result<Bytes, BoxError>>;
+
+/// A connector whose streams the test feeds by hand.
+#[derive(Default)]
+struct Script {
+    calls: Mutex<Vec<(Instant, ConnectRequest)>>,
+    /// Outcomes for the next connects; empty → success.
+    fail: Mutex<VecDeque<ConnectError>>,
+    /// Sender of each successful connect's stream, in order.
+    streams: Mutex<Vec<(String, Tx)>>,
+}
+
+impl Script {
+    fn calls(&self) -> Vec<(Instant, ConnectRequest)> {
+        self.calls.lock().expect("lock").clone()
+    }
+    fn call_count(&self) -> usize {
+        self.calls.lock().expect("lock").len()
+    }
+    fn fail_next(&self, e: ConnectError) {
+        self.fail.lock().expect("lock").push_back(e);
+    }
+    fn stream(&self, i: usize) -> Tx {
+        self.streams.lock().expect("lock")[i].1.clone()
+    }
+    fn last_stream(&self) -> Tx {
+        let s = self.streams.lock().expect("lock");
+        s[s.len() - 1].1.clone()
+    }
+    /// Streams the upstream side still holds open, per user.
+    fn open_streams(&self, user: &str) -> usize {
+        self.streams
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(u, tx)| u == user && !tx.is_closed())
+            .count()
+    }
+}
+
+struct Conn(Arc<Script>);
+
+impl Connector for Conn {
+    fn connect(
+        &self,
+        req: ConnectRequest,
+    ) -> futures_util::future::BoxFuture<'static, Result<ByteStream, ConnectError>> {
+        let script = self.0.clone();
+        Box::pin(async move {
+            script
+                .calls
+                .lock()
+                .expect("lock")
+                .push((Instant::now(), req.clone()));
+            if let Some(e) = script.fail.lock().expect("lock").pop_front() {
+                return Err(e);
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            script.streams.lock().expect("lock").push((req.user, tx));
+            let s = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            Ok(Box::pin(s) as ByteStream)
+        })
+    }
+}
+
+fn settings() -> UpstreamSettings {
+    UpstreamSettings {
+        idle_timeout: Duration::from_secs(45),
+        backoff_min: Duration::from_millis(250),
+        backoff_max: Duration::from_secs(30),
+        backoff_reset_after: Duration::from_secs(60),
+        max_event_bytes: 64 * 1024,
+    }
+}
+
+fn hub_with(script: &Arc<Script>, grace: Duration) -> Hub {
+    let upstream = Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(Rules::default()),
+        settings(),
+        None,
+    );
+    Hub::new(
+        HubSettings {
+            grace,
+            ring_size: 64,
+            broadcast_buffer: 64,
+            max_tabs_per_user: 64,
+        },
+        upstream,
+    )
+}
+
+/// Let every ready task run without moving the clock.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn send(tx: &Tx, text: &str) {
+    let _ = tx.send(Ok(Bytes::from(text.to_string())));
+}
+
+fn event_names(rx: &mut tokio::sync::broadcast::Receiver<crate::channel::Frame>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        let text = String::from_utf8_lossy(&f.bytes).to_string();
+        if let Some(name) = text.lines().find_map(|l| l.strip_prefix("event: ")) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+const GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::test(start_paused = true)]
+async fn refcount_lifecycle_and_exact_grace() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tabs: Vec<_> = (0..3)
+        .map(|i| hub.subscribe("alice", &format!("session=s{i}")).expect("sub"))
+        .collect();
+    settle().await;
+    assert_eq!(script.call_count(), 1, "three tabs share one upstream");
+    assert_eq!(hub.tabs("alice"), 3);
+    assert_eq!(script.open_streams("alice"), 1);
+
+    drop(tabs);
+    settle().await;
+    assert_eq!(hub.tabs("alice"), 0);
+    assert_eq!(hub.channels_in_grace(), 1);
+
+    tokio::time::advance(Duration::from_millis(9_900)).await;
+    settle().await;
+    assert_eq!(hub.channels(), 1, "still open at 9.9 s");
+    assert_eq!(script.open_streams("alice"), 1);
+
+    tokio::time::advance(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(hub.channels(), 0, "closed at 10 s");
+    assert_eq!(script.open_streams("alice"), 0, "upstream closed");
+
+    let _again = hub.subscribe("alice", "session=s9").expect("sub");
+    settle().await;
+    assert_eq!(script.call_count(), 2, "reopen starts a new upstream");
+    assert_eq!(hub.upstreams_started(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resubscribe_within_grace_keeps_the_upstream() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let first = hub.subscribe("alice", "session=a").expect("sub");
+    settle().await;
+    let channel = first.channel().clone();
+    drop(first);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    settle().await;
+    let second = hub.subscribe("alice", "session=a").expect("sub");
+    assert!(Arc::ptr_eq(second.channel(), &channel), "same channel");
+    // Well past the first grace deadline: the old timer must not close it.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(hub.channels(), 1);
+    assert_eq!(script.call_count(), 1);
+    assert_eq!(script.open_streams("alice"), 1);
+    drop(second);
+    settle().await;
+    tokio::time::advance(GRACE).await;
+    settle().await;
+    assert_eq!(hub.channels(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_backoff_grows_is_capped_and_resets_after_healthy_minute() {
+    let script = Arc::new(Script::default());
+    for _ in 0..12 {
+        script.fail_next(ConnectError::Status(http::StatusCode::SERVICE_UNAVAILABLE));
+    }
+    let hub = hub_with(&script, GRACE);
+    let _tab = hub.subscribe("alice", "session=a").expect("sub");
+    // 12 failures then a success: let the schedule run on the paused clock.
+    while script.call_count() < 13 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        settle().await;
+    }
+    let at: Vec<Instant> = script.calls().iter().map(|c| c.0).collect();
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let min = Duration::from_millis(250);
+    for (k, g) in gaps.iter().enumerate() {
+        let ceiling = (min * 2u32.pow(k as u32)).min(Duration::from_secs(30));
+        // +50 ms: the test's own clock steps.
+        assert!(*g >= min && *g <= ceiling + Duration::from_millis(50), "gap {k}: {g:?}");
+    }
+    assert!(gaps.iter().any(|g| *g > Duration::from_secs(8)), "delays grow: {gaps:?}");
+    let distinct: std::collections::BTreeSet<_> = gaps.iter().collect();
+    assert!(distinct.len() > 6, "jittered: {gaps:?}");
+
+    // Healthy for over a minute (keepalives beat the idle timeout), then drop.
+    let tx = script.last_stream();
+    for _ in 0..3 {
+        send(&tx, ": keepalive\n\n");
+        tokio::time::advance(Duration::from_secs(25)).await;
+        settle().await;
+    }
+    assert_eq!(script.call_count(), 13);
+    drop(tx);
+    script.streams.lock().expect("lock").clear();
+    settle().await;
+    let dropped_at = Instant::now();
+    while script.call_count() < 14 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        settle().await;
+    }
+    let gap = script.calls()[13].0 - dropped_at;
+    assert!(gap <= Duration::from_millis(260), "backoff reset: {gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_field_is_honoured_and_last_event_id_sent_on_reconnect() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    let tx = script.stream(0);
+    send(&tx, "retry: 5000\n\nid: ep-7\nevent: inbound\ndata: {\"peer\":\"bob\",\"rowId\":7}\n\n");
+    settle().await;
+    assert_eq!(event_names(&mut rx), vec!["thread-updated", "contact-changed"]);
+    drop(tx);
+    script.streams.lock().expect("lock").clear();
+    settle().await;
+    let dropped_at = Instant::now();
+    while script.call_count() < 2 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    let calls = script.calls();
+    assert!(calls[1].0 - dropped_at >= Duration::from_secs(5), "retry: honoured");
+    assert_eq!(calls[1].1.last_event_id.as_deref(), Some("ep-7"));
+    assert_eq!(calls[1].1.cookie, "session=a");
+    assert_eq!(calls[0].1.last_event_id, None);
+    // A resumable reconnect is not a resync.
+    settle().await;
+    assert!(event_names(&mut rx).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_resync_reaches_every_tab_exactly_once() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tabs: Vec<_> = (0..3)
+        .map(|_| hub.subscribe("alice", "session=a").expect("sub"))
+        .collect();
+    let mut rxs: Vec<_> = tabs.iter().map(|t| t.channel().attach(None).rx).collect();
+    let other = hub.subscribe("bob", "session=b").expect("sub");
+    let mut bob_rx = other.channel().attach(None).rx;
+    settle().await;
+    send(&script.stream(0), "id: 1\nevent: resync\ndata: {}\n\n");
+    settle().await;
+    for rx in &mut rxs {
+        assert_eq!(event_names(rx), vec!["resync"]);
+    }
+    assert!(event_names(&mut bob_rx).is_empty(), "bob hears nothing of alice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_upstream_is_reconnected_after_idle_timeout() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let _tab = hub.subscribe("alice", "session=a").expect("sub");
+    settle().await;
+    tokio::time::advance(Duration::from_secs(44)).await;
+    settle().await;
+    assert_eq!(script.open_streams("alice"), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(script.open_streams("alice"), 0, "dead stream dropped");
+    tokio::time::advance(Duration::from_millis(300)).await;
+    settle().await;
+    assert_eq!(script.call_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversize_event_becomes_resync_and_unresumable_reconnect_resyncs() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    let big = format!("event: inbound\ndata: {}\n\n", "x".repeat(70 * 1024));
+    send(&script.stream(0), &big);
+    settle().await;
+    assert_eq!(event_names(&mut rx), vec!["resync"]);
+    // No id was ever seen: a reconnect cannot resume, so tabs resync.
+    script.streams.lock().expect("lock").clear();
+    settle().await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    settle().await;
+    assert_eq!(script.call_count(), 2);
+    assert_eq!(event_names(&mut rx), vec!["resync"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_fall_back_then_log_out() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    script.fail_next(ConnectError::Unauthorized(http::StatusCode::UNAUTHORIZED));
+    let a = hub.subscribe("alice", "session=old").expect("sub");
+    let b = hub.subscribe("alice", "session=new").expect("sub");
+    let mut rx = a.channel().attach(None).rx;
+    settle().await;
+    let calls = script.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].1.cookie, "session=old");
+    assert_eq!(calls[1].1.cookie, "session=new", "another tab's credentials");
+    assert_eq!(script.open_streams("alice"), 1);
+
+    // Both refused now: tabs get logout, the stream ends, channel is gone.
+    script.fail_next(ConnectError::Unauthorized(http::StatusCode::UNAUTHORIZED));
+    script.streams.lock().expect("lock").clear();
+    settle().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(event_names(&mut rx), vec!["logout"]);
+    assert_eq!(hub.channels(), 0);
+    drop((a, b));
+    settle().await;
+    assert_eq!(hub.channels(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tab_limit() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tabs: Vec<_> = (0..64)
+        .map(|_| hub.subscribe("alice", "session=a").expect("sub"))
+        .collect();
+    assert_eq!(
+        hub.subscribe("alice", "session=a").err(),
+        Some(HubError::TooManyTabs(64))
+    );
+    assert!(hub.subscribe("bob", "session=b").is_ok(), "per user");
+    drop(tabs);
+}
+
+/// Many tasks subscribing and leaving in random order on a multi-threaded
+/// runtime. Invariants: a live tab's channel is always the one in the map
+/// (never an orphan), and when everyone has left and the grace has passed,
+/// no channel and no upstream stream is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscribe_unsubscribe_races() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, Duration::from_millis(5));
+    let users = ["u0", "u1", "u2"];
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let hub = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t);
+            let mut orphans = 0;
+            for _ in 0..200 {
+                let user = users[rng.usize(..users.len())];
+                let sub = hub.subscribe(user, "session=x").expect("sub");
+                for _ in 0..rng.usize(0..4) {
+                    tokio::task::yield_now().await;
+                }
+                match hub.channel(user) {
+                    Some(c) if Arc::ptr_eq(&c, sub.channel()) => {}
+                    _ => orphans += 1,
+                }
+                if rng.bool() {
+                    tokio::time::sleep(Duration::from_millis(rng.u64(0..8))).await;
+                }
+                drop(sub);
+            }
+            orphans
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 0, "a tab held a channel not in the map");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open: usize = users.iter().map(|u| script.open_streams(u)).sum();
+        if hub.channels() == 0 && open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaked: {} channels, {open} streams", hub.channels());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hub.upstreams_started() >= 3);
+}

@@ -1,0 +1,115 @@
+//! Tab: one browser tab's SSE response body. Owns the tab's position in its
+//! channel (replay, then live), its keepalive timer and its lag handling.
+//! It only forwards bytes the channel encoded; it never re-encodes a trigger
+//! and never talks to the backend.
+
+use std::collections::VecDeque;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::Frame as BodyFrame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, BoxError};
+use crate::channel::Attach;
+use crate::hub::Subscription;
+use crate::translate;
+use crate::watermark::TabMarkGuard;
+
+/// How a tab stream behaves.
+#[derive(Clone, Debug)]
+pub struct TabSettings {
+    /// Idle time before a keepalive comment.
+    pub keepalive: Duration,
+    /// `retry:` hint sent first, in milliseconds (jitter already applied).
+    pub retry_ms: u64,
+}
+
+fn keepalive_frame() -> Bytes {
+    static FRAME: OnceLock<Bytes> = OnceLock::new();
+    FRAME
+        .get_or_init(|| ssemux_sse::encode_comment("keepalive"))
+        .clone()
+}
+
+/// The `resync` sent to a tab that fell behind the broadcast buffer. It has no
+/// id: the tab's `Last-Event-ID` keeps pointing at the last trigger it did
+/// get, so a reconnect replays from there or resyncs again — never skips.
+fn lag_resync_frame() -> Bytes {
+    static FRAME: OnceLock<Bytes> = OnceLock::new();
+    FRAME
+        .get_or_init(|| {
+            ssemux_sse::encode_event(None, Some(translate::RESYNC), "1").unwrap_or_default()
+        })
+        .clone()
+}
+
+/// What the body keeps alive for as long as the tab is connected.
+pub struct TabHold {
+    /// The tab's hold on its channel.
+    pub subscription: Subscription,
+    /// The tab's watermark bookkeeping, if any.
+    pub mark: Option<TabMarkGuard>,
+}
+
+struct TabState {
+    pending: VecDeque<Bytes>,
+    rx: tokio::sync::broadcast::Receiver<crate::channel::Frame>,
+    settings: TabSettings,
+    shutdown: CancellationToken,
+    lagged: u64,
+    // Held for its Drop: unsubscribes and clears the active peer.
+    _hold: TabHold,
+}
+
+/// Build the tab's response body from its attachment to the channel.
+pub fn stream(
+    hold: TabHold,
+    attach: Attach,
+    settings: TabSettings,
+    shutdown: CancellationToken,
+) -> Body {
+    let mut pending = VecDeque::with_capacity(attach.replay.len() + 2);
+    pending.push_back(ssemux_sse::encode_retry(settings.retry_ms));
+    pending.extend(attach.resync);
+    pending.extend(attach.replay);
+    let state = TabState {
+        pending,
+        rx: attach.rx,
+        settings,
+        shutdown,
+        lagged: 0,
+        _hold: hold,
+    };
+    let frames = futures_util::stream::unfold(state, next_chunk)
+        .map(|b| Ok::<_, BoxError>(BodyFrame::data(b)));
+    StreamBody::new(frames).boxed_unsync()
+}
+
+async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
+    if let Some(b) = st.pending.pop_front() {
+        return Some((b, st));
+    }
+    loop {
+        let recv = tokio::select! {
+            biased;
+            _ = st.shutdown.cancelled() => return None,
+            r = tokio::time::timeout(st.settings.keepalive, st.rx.recv()) => r,
+        };
+        match recv {
+            Err(_) => return Some((keepalive_frame(), st)),
+            Ok(Ok(frame)) if frame.close => return None,
+            Ok(Ok(frame)) => return Some((frame.bytes, st)),
+            Ok(Err(RecvError::Lagged(n))) => {
+                st.lagged += n;
+                tracing::debug!(missed = n, "tab fell behind; sending resync");
+                return Some((lag_resync_frame(), st));
+            }
+            Ok(Err(RecvError::Closed)) => return None,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Shared test harness: a mock backend and a gateway on loopback ports, and a
+//! minimal SSE tab client that reads a stream in the background.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use ssemux_gateway::config::Config;
+use ssemux_gateway::server::Gateway;
+use ssemux_mock_upstream::MockBackend;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Default deadline for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A backend and a gateway in front of it.
+pub struct Env {
+    pub backend: MockBackend,
+    pub gateway: Arc<Gateway>,
+    pub addr: SocketAddr,
+}
+
+impl Env {
+    /// Start both with default configuration plus `overrides` (`key=value`).
+    pub async fn start(overrides: &[&str]) -> Env {
+        let backend = MockBackend::start(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("mock backend");
+        Self::start_for(backend, overrides).await
+    }
+
+    /// Start a gateway in front of an existing backend.
+    pub async fn start_for(backend: MockBackend, overrides: &[&str]) -> Env {
+        let mut sets = vec![format!("backend={}", backend.url())];
+        sets.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
+        let gateway = Gateway::new(cfg).expect("gateway");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(gateway.clone().serve(listener));
+        Env {
+            backend,
+            gateway,
+            addr,
+        }
+    }
+
+    /// A session cookie header for `user`.
+    pub fn cookie(&self, user: &str) -> String {
+        format!("session={}", self.backend.create_session(user))
+    }
+
+    /// Open `/events` as a tab.
+    pub async fn tab(&self, cookie: &str) -> Tab {
+        Tab::open(self.addr, "/events", cookie, None)
+            .await
+            .expect("tab opens")
+    }
+}
+
+/// One SSE event as a tab saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ev {
+    pub event: String,
+    pub data: String,
+    pub id: String,
+}
+
+/// A browser tab's `/events` stream, read in the background.
+pub struct Tab {
+    rx: mpsc::UnboundedReceiver<Ev>,
+    pub retry_ms: Option<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tab {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Send one request on a fresh connection; returns status, headers and the
+/// body (read to the end, bounded by [`WAIT`]).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&bytes).to_string())
+}
+
+impl Tab {
+    /// Open `path` with `cookie` and optional `Last-Event-ID`. `Err(status)`
+    /// if the gateway answered anything but a 200 stream.
+    pub async fn open(
+        addr: SocketAddr,
+        path: &str,
+        cookie: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Tab, StatusCode> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        let conn_task = tokio::spawn(conn);
+        let mut b = Request::get(path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream");
+        if !cookie.is_empty() {
+            b = b.header("cookie", cookie);
+        }
+        if let Some(id) = last_event_id {
+            b = b.header("last-event-id", id);
+        }
+        let req = b.body(Empty::<Bytes>::new()).expect("request");
+        let resp = tokio::time::timeout(WAIT, send.send_request(req))
+            .await
+            .expect("response in time")
+            .expect("response");
+        if resp.status() != StatusCode::OK {
+            conn_task.abort();
+            return Err(resp.status());
+        }
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(ctype, "text/event-stream");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (retry_tx, retry_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _conn = AbortOnDrop(conn_task);
+            let mut body = resp.into_body();
+            let mut parser = ssemux_sse::Parser::new(1 << 20);
+            let mut retry_tx = Some(retry_tx);
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                parser.push(&data);
+                while let Some(item) = parser.next_item() {
+                    match item {
+                        Ok(ssemux_sse::Item::Retry(ms)) => {
+                            if let Some(t) = retry_tx.take() {
+                                let _ = t.send(ms);
+                            }
+                        }
+                        Ok(ssemux_sse::Item::Event(e)) => {
+                            let _ = tx.send(Ev {
+                                event: e.event,
+                                data: e.data,
+                                id: e.last_event_id,
+                            });
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        });
+        let retry_ms = tokio::time::timeout(WAIT, retry_rx).await.ok().and_then(|r| r.ok());
+        Ok(Tab { rx, retry_ms, task })
+    }
+
+    /// The next event, or `None` if none arrives within `wait` or the stream
+    /// ended.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Ev> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// The next event within [`WAIT`]; panics if none.
+    pub async fn next(&mut self) -> Ev {
+        self.next_within(WAIT).await.expect("an event in time")
+    }
+
+    /// Events until one named `name` arrives (inclusive); panics on timeout.
+    pub async fn until(&mut self, name: &str) -> Vec<Ev> {
+        let mut seen = Vec::new();
+        loop {
+            let ev = self.next().await;
+            let done = ev.event == name;
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Whether the stream has ended (server closed it) within `wait`.
+    pub async fn ended_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
