@@ -16,7 +16,9 @@ async fn three_tabs_share_one_upstream_which_outlives_them_by_the_grace() {
         tabs.push(env.tab(&alice).await);
     }
     assert!(
-        env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 1).await,
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+            .await,
         "one upstream for alice"
     );
     assert_eq!(env.backend.streams_opened_total(), 1);
@@ -55,7 +57,8 @@ async fn each_tab_gets_only_its_users_triggers() {
     let mut b = vec![env.tab(&bob).await, env.tab(&bob).await];
     assert!(
         env.backend
-            .wait_until(WAIT, |m| m.open_streams("alice") == 1 && m.open_streams("bob") == 1)
+            .wait_until(WAIT, |m| m.open_streams("alice") == 1
+                && m.open_streams("bob") == 1)
             .await
     );
     // carol → alice: only alice's tabs hear it; then carol → bob.
@@ -65,13 +68,19 @@ async fn each_tab_gets_only_its_users_triggers() {
         let ev = t.until("thread-updated").await;
         assert_eq!(ev.last().map(|e| e.data.as_str()), Some("carol"));
         assert_eq!(t.next().await.event, "contact-changed");
-        assert!(t.next_within(Duration::from_millis(300)).await.is_none(), "nothing else");
+        assert!(
+            t.next_within(Duration::from_millis(300)).await.is_none(),
+            "nothing else"
+        );
     }
     for t in &mut b {
         let ev = t.until("thread-updated").await;
         assert_eq!(ev.last().map(|e| e.data.as_str()), Some("carol"));
         assert_eq!(t.next().await.event, "contact-changed");
-        assert!(t.next_within(Duration::from_millis(300)).await.is_none(), "nothing else");
+        assert!(
+            t.next_within(Duration::from_millis(300)).await.is_none(),
+            "nothing else"
+        );
     }
 }
 
@@ -80,7 +89,11 @@ async fn backend_restart_reconnects_and_every_tab_resyncs() {
     let env = Env::start(&[]).await;
     let alice = env.cookie("alice");
     let mut tabs = vec![env.tab(&alice).await, env.tab(&alice).await];
-    assert!(env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 1).await);
+    assert!(
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+            .await
+    );
     env.backend.send_message("bob", "alice", "before");
     for t in &mut tabs {
         t.until("contact-changed").await;
@@ -90,7 +103,11 @@ async fn backend_restart_reconnects_and_every_tab_resyncs() {
         let seen = t.until("resync").await;
         assert_eq!(seen.len(), 1, "resync first: {seen:?}");
     }
-    assert!(env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 1).await);
+    assert!(
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+            .await
+    );
     assert_eq!(env.backend.streams_opened_total(), 2);
     // And live again afterwards.
     env.backend.send_message("bob", "alice", "after");
@@ -104,23 +121,44 @@ async fn transient_drop_resumes_with_last_event_id_and_loses_nothing() {
     let env = Env::start(&[]).await;
     let alice = env.cookie("alice");
     let mut tab = env.tab(&alice).await;
-    assert!(env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 1).await);
+    assert!(
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+            .await
+    );
     env.backend.send_message("bob", "alice", "one");
     assert_eq!(tab.until("contact-changed").await.len(), 2);
     // Refuse reconnects for a moment so a message lands while we are away.
     env.backend
         .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(400));
     env.backend.drop_streams();
-    assert!(env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 0).await);
+    assert!(
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 0)
+            .await
+    );
     env.backend.send_message("carol", "alice", "two");
-    assert!(env.backend.wait_until(WAIT, |b| b.open_streams("alice") == 1).await);
+    assert!(
+        env.backend
+            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+            .await
+    );
     let seen = tab.until("contact-changed").await;
-    let names: Vec<(&str, &str)> = seen.iter().map(|e| (e.event.as_str(), e.data.as_str())).collect();
-    assert_eq!(names, vec![("thread-updated", "carol"), ("contact-changed", "carol")]);
+    let names: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|e| (e.event.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("thread-updated", "carol"), ("contact-changed", "carol")]
+    );
     let reqs = env.backend.stream_requests("alice");
     let last = reqs.last().cloned().flatten();
     assert!(last.is_some(), "reconnect carried Last-Event-ID: {reqs:?}");
-    assert!(tab.next_within(Duration::from_millis(300)).await.is_none(), "no resync");
+    assert!(
+        tab.next_within(Duration::from_millis(300)).await.is_none(),
+        "no resync"
+    );
 }
 
 #[tokio::test]
@@ -131,11 +169,19 @@ async fn no_cookie_or_bad_cookie_is_401_never_a_stream() {
         Some(StatusCode::UNAUTHORIZED)
     );
     assert_eq!(
-        Tab::open(env.addr, "/events", "session=forged", None).await.err(),
+        Tab::open(env.addr, "/events", "session=forged", None)
+            .await
+            .err(),
         Some(StatusCode::UNAUTHORIZED)
     );
-    let (status, headers, _) =
-        common::request(env.addr, "GET", "/events", &[("cookie", "session=forged")], "").await;
+    let (status, headers, _) = common::request(
+        env.addr,
+        "GET",
+        "/events",
+        &[("cookie", "session=forged")],
+        "",
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         headers.get("content-type").and_then(|v| v.to_str().ok()),

@@ -132,17 +132,15 @@ impl Auth {
             .unwrap_or(&cookie)
             .to_string();
         let now = Instant::now();
-        if let Some(c) = self.cache.get(&cookie) {
-            if c.expires > now {
-                return match &c.user {
-                    Some(user) => Ok(Identity {
-                        user: user.clone(),
-                        cookie: cookie.clone(),
-                        session,
-                    }),
-                    None => Err(AuthError::Unauthenticated),
-                };
-            }
+        if let Some(c) = self.cache.get(&cookie).filter(|c| c.expires > now) {
+            return match &c.user {
+                Some(user) => Ok(Identity {
+                    user: user.clone(),
+                    cookie: cookie.clone(),
+                    session,
+                }),
+                None => Err(AuthError::Unauthenticated),
+            };
         }
         let user = self.ask_backend(&cookie).await?;
         let ttl = if user.is_some() {
@@ -203,7 +201,9 @@ impl Auth {
             _ => return Err(AuthError::Unavailable("identity has no `id`".into())),
         };
         if user.is_empty() || user.len() > MAX_USER_BYTES {
-            return Err(AuthError::Unavailable("identity `id` empty or too long".into()));
+            return Err(AuthError::Unavailable(
+                "identity `id` empty or too long".into(),
+            ));
         }
         Ok(Some(user))
     }

@@ -62,7 +62,12 @@ pub struct Channel {
 impl Channel {
     /// A new channel with a fresh random epoch.
     pub fn new(user: &str, ring_size: usize, broadcast_buffer: usize) -> Arc<Channel> {
-        Self::with_epoch(user, &format!("{:016x}", fastrand::u64(..)), ring_size, broadcast_buffer)
+        Self::with_epoch(
+            user,
+            &format!("{:016x}", fastrand::u64(..)),
+            ring_size,
+            broadcast_buffer,
+        )
     }
 
     /// A new channel with a given epoch (tests).
@@ -303,7 +308,10 @@ mod tests {
             assert!(a.replay.is_empty(), "{bad}");
             let r = a.resync.expect("resync");
             let text = String::from_utf8_lossy(&r).to_string();
-            assert!(text.contains("event: resync") && text.contains("id: e1-6"), "{text}");
+            assert!(
+                text.contains("event: resync") && text.contains("id: e1-6"),
+                "{text}"
+            );
         }
         let a = ch.attach(None);
         assert!(a.replay.is_empty() && a.resync.is_none());

@@ -53,9 +53,7 @@ impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -65,7 +63,11 @@ impl FromStr for Dur {
             "" | "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
-            other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` (use ms, s, m or h)"
+                ));
+            }
         };
         Ok(Dur(d))
     }
@@ -74,7 +76,7 @@ impl FromStr for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -374,7 +376,9 @@ impl Config {
             })
         };
         match self.backend.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
+            }
             _ => return bad("backend", "must be an absolute http:// or https:// URL"),
         }
         for (key, p) in [
@@ -403,7 +407,10 @@ impl Config {
             return bad("upstream.backoff_min", "must be more than 0");
         }
         if self.upstream.backoff_max < self.upstream.backoff_min {
-            return bad("upstream.backoff_max", "must be at least upstream.backoff_min");
+            return bad(
+                "upstream.backoff_max",
+                "must be at least upstream.backoff_min",
+            );
         }
         if self.upstream.idle_timeout.0.is_zero() {
             return bad("upstream.idle_timeout", "must be more than 0");
@@ -579,7 +586,10 @@ mod tests {
 
     #[test]
     fn env_names() {
-        assert_eq!(env_name("hub.max_tabs_per_user"), "SSEMUX_HUB_MAX_TABS_PER_USER");
+        assert_eq!(
+            env_name("hub.max_tabs_per_user"),
+            "SSEMUX_HUB_MAX_TABS_PER_USER"
+        );
         assert!(known_keys().contains(&"upstream.idle_timeout".to_string()));
     }
 }

@@ -139,18 +139,23 @@ impl Gateway {
     }
 
     async fn identify(&self, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
-        self.auth.identify(req.headers()).await.map_err(|e| match e {
-            AuthError::Unauthenticated => body::text(StatusCode::UNAUTHORIZED, "not authenticated"),
-            AuthError::Unavailable(why) => {
-                tracing::warn!(%why, "identity lookup failed");
-                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(self.cfg.auth.retry_after_secs),
-                );
-                r
-            }
-        })
+        self.auth
+            .identify(req.headers())
+            .await
+            .map_err(|e| match e {
+                AuthError::Unauthenticated => {
+                    body::text(StatusCode::UNAUTHORIZED, "not authenticated")
+                }
+                AuthError::Unavailable(why) => {
+                    tracing::warn!(%why, "identity lookup failed");
+                    let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
+                    r.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(self.cfg.auth.retry_after_secs),
+                    );
+                    r
+                }
+            })
     }
 
     /// `GET /events`: one tab's multiplexed stream.
@@ -207,8 +212,14 @@ impl Gateway {
         let body = tab::stream(hold, attach, settings, self.shutdown.clone());
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
         // nginx in front must not buffer the stream.
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         resp
@@ -283,7 +294,9 @@ impl Gateway {
                 let gw = gw.clone();
                 async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -294,7 +307,10 @@ impl Gateway {
         drop(listener);
         self.hub.shutdown();
         let drain = self.cfg.server.drain_timeout.0;
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(?drain, "drain timeout passed with requests still open");
         }
         Ok(())
@@ -346,7 +362,10 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param("tab=a&lastEventId=e-1", "lastEventId"), Some("e-1"));
+        assert_eq!(
+            query_param("tab=a&lastEventId=e-1", "lastEventId"),
+            Some("e-1")
+        );
         assert_eq!(query_param("tab=a", "lastEventId"), None);
         assert_eq!(query_param("", "tab"), None);
     }
@@ -354,7 +373,10 @@ mod tests {
     #[test]
     fn read_bodies() {
         let b = |s: &str| Bytes::from(s.to_string());
-        assert!(matches!(parse_read(&b(r#"{"peer":null}"#)), Some(ReadBody::Clear)));
+        assert!(matches!(
+            parse_read(&b(r#"{"peer":null}"#)),
+            Some(ReadBody::Clear)
+        ));
         assert!(matches!(
             parse_read(&b(r#"{"peer":"bob","rowId":5}"#)),
             Some(ReadBody::Peer(p, 5)) if p == "bob"

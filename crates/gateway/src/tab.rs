@@ -94,22 +94,20 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
     if let Some(b) = st.pending.pop_front() {
         return Some((b, st));
     }
-    loop {
-        let recv = tokio::select! {
-            biased;
-            _ = st.shutdown.cancelled() => return None,
-            r = tokio::time::timeout(st.settings.keepalive, st.rx.recv()) => r,
-        };
-        match recv {
-            Err(_) => return Some((keepalive_frame(), st)),
-            Ok(Ok(frame)) if frame.close => return None,
-            Ok(Ok(frame)) => return Some((frame.bytes, st)),
-            Ok(Err(RecvError::Lagged(n))) => {
-                st.lagged += n;
-                tracing::debug!(missed = n, "tab fell behind; sending resync");
-                return Some((lag_resync_frame(), st));
-            }
-            Ok(Err(RecvError::Closed)) => return None,
+    let recv = tokio::select! {
+        biased;
+        _ = st.shutdown.cancelled() => return None,
+        r = tokio::time::timeout(st.settings.keepalive, st.rx.recv()) => r,
+    };
+    match recv {
+        Err(_) => Some((keepalive_frame(), st)),
+        Ok(Ok(frame)) if frame.close => None,
+        Ok(Ok(frame)) => Some((frame.bytes, st)),
+        Ok(Err(RecvError::Lagged(n))) => {
+            st.lagged += n;
+            tracing::debug!(missed = n, "tab fell behind; sending resync");
+            Some((lag_resync_frame(), st))
         }
+        Ok(Err(RecvError::Closed)) => None,
     }
 }

@@ -211,7 +211,9 @@ mod tests {
 
     fn names(t: &Translation) -> Vec<(String, String)> {
         match t {
-            Translation::Triggers(v) => v.iter().map(|t| (t.name.clone(), t.data.clone())).collect(),
+            Translation::Triggers(v) => {
+                v.iter().map(|t| (t.name.clone(), t.data.clone())).collect()
+            }
             Translation::Unmatched => vec![],
         }
     }
@@ -228,7 +230,11 @@ mod tests {
                 ("contact-changed".into(), "bob".into())
             ]
         );
-        let t = translate(&r, "outbound-state", r#"{"peer":"carol","rowId":8,"state":"sent"}"#);
+        let t = translate(
+            &r,
+            "outbound-state",
+            r#"{"peer":"carol","rowId":8,"state":"sent"}"#,
+        );
         assert_eq!(names(&t)[0], ("thread-updated".into(), "carol".into()));
         let t = translate(&r, "read-watermark-changed", r#"{"peer":"bob","rowId":8}"#);
         assert_eq!(names(&t), vec![("contact-changed".into(), "bob".into())]);

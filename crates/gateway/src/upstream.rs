@@ -173,7 +173,10 @@ impl Backoff {
 
     /// Upper bound of the next delay (before jitter).
     pub fn next_ceiling(&mut self) -> Duration {
-        self.iter.next().unwrap_or(self.max).clamp(self.min, self.max)
+        self.iter
+            .next()
+            .unwrap_or(self.max)
+            .clamp(self.min, self.max)
     }
 
     /// The next delay.

@@ -120,13 +120,20 @@ impl Watermarks {
             // stream's end is what clears it, and there is none to wait for.
             None => tracing::debug!("read from a tab without a stream; not marked active"),
         }
-        let hi = st.posted.entry((user.to_string(), peer.to_string())).or_insert(0);
+        let hi = st
+            .posted
+            .entry((user.to_string(), peer.to_string()))
+            .or_insert(0);
         *hi = (*hi).max(row_id);
     }
 
     /// "No thread open" in this tab.
     pub fn clear_active(&self, user: &str, tab: &str) {
-        if let Some(m) = self.lock().tabs.get_mut(&(user.to_string(), tab.to_string())) {
+        if let Some(m) = self
+            .lock()
+            .tabs
+            .get_mut(&(user.to_string(), tab.to_string()))
+        {
             m.peer = None;
         }
     }
@@ -196,7 +203,10 @@ impl Watermarks {
             match self.post(&cookie, &payload).await {
                 Ok(()) => {
                     let mut st = self.lock();
-                    let hi = st.posted.entry((user.to_string(), peer.to_string())).or_insert(0);
+                    let hi = st
+                        .posted
+                        .entry((user.to_string(), peer.to_string()))
+                        .or_insert(0);
                     *hi = (*hi).max(row);
                     self.inner.advances.fetch_add(1, Ordering::Relaxed);
                     return;

@@ -13,10 +13,19 @@ use ssemux_gateway::server::Gateway;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "ssemux", version, about = "SSE multiplexing reverse proxy: one upstream stream per user, live triggers for every tab")]
+#[command(
+    name = "ssemux",
+    version,
+    about = "SSE multiplexing reverse proxy: one upstream stream per user, live triggers for every tab"
+)]
 struct Cli {
     /// Log format: `human` or `json`.
-    #[arg(long, global = true, default_value = "human", env = "SSEMUX_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "human",
+        env = "SSEMUX_LOG_FORMAT"
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -59,7 +68,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ssemux: cannot start runtime: {e}");
@@ -149,7 +161,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -174,7 +189,10 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
     let cfg = Config::from_parts(
         "",
         std::env::vars(),
-        &[format!("listen={listen}"), format!("backend={}", backend.url())],
+        &[
+            format!("listen={listen}"),
+            format!("backend={}", backend.url()),
+        ],
     )
     .context("demo configuration")?;
     println!();

@@ -171,7 +171,9 @@ impl Tab {
             let mut parser = ssemux_sse::Parser::new(1 << 20);
             let mut retry_tx = Some(retry_tx);
             while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 parser.push(&data);
                 while let Some(item) = parser.next_item() {
                     match item {
@@ -192,14 +194,20 @@ impl Tab {
                 }
             }
         });
-        let retry_ms = tokio::time::timeout(WAIT, retry_rx).await.ok().and_then(|r| r.ok());
+        let retry_ms = tokio::time::timeout(WAIT, retry_rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok());
         Ok(Tab { rx, retry_ms, task })
     }
 
     /// The next event, or `None` if none arrives within `wait` or the stream
     /// ended.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Ev> {
-        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next event within [`WAIT`]; panics if none.

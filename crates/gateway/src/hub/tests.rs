@@ -137,7 +137,10 @@ async fn refcount_lifecycle_and_exact_grace() {
     let script = Arc::new(Script::default());
     let hub = hub_with(&script, GRACE);
     let tabs: Vec<_> = (0..3)
-        .map(|i| hub.subscribe("alice", &format!("session=s{i}")).expect("sub"))
+        .map(|i| {
+            hub.subscribe("alice", &format!("session=s{i}"))
+                .expect("sub")
+        })
         .collect();
     settle().await;
     assert_eq!(script.call_count(), 1, "three tabs share one upstream");
@@ -209,9 +212,15 @@ async fn reconnect_backoff_grows_is_capped_and_resets_after_healthy_minute() {
     for (k, g) in gaps.iter().enumerate() {
         let ceiling = (min * 2u32.pow(k as u32)).min(Duration::from_secs(30));
         // +50 ms: the test's own clock steps.
-        assert!(*g >= min && *g <= ceiling + Duration::from_millis(50), "gap {k}: {g:?}");
+        assert!(
+            *g >= min && *g <= ceiling + Duration::from_millis(50),
+            "gap {k}: {g:?}"
+        );
     }
-    assert!(gaps.iter().any(|g| *g > Duration::from_secs(8)), "delays grow: {gaps:?}");
+    assert!(
+        gaps.iter().any(|g| *g > Duration::from_secs(8)),
+        "delays grow: {gaps:?}"
+    );
     let distinct: std::collections::BTreeSet<_> = gaps.iter().collect();
     assert!(distinct.len() > 6, "jittered: {gaps:?}");
 
@@ -243,9 +252,15 @@ async fn retry_field_is_honoured_and_last_event_id_sent_on_reconnect() {
     let mut rx = tab.channel().attach(None).rx;
     settle().await;
     let tx = script.stream(0);
-    send(&tx, "retry: 5000\n\nid: ep-7\nevent: inbound\ndata: {\"peer\":\"bob\",\"rowId\":7}\n\n");
+    send(
+        &tx,
+        "retry: 5000\n\nid: ep-7\nevent: inbound\ndata: {\"peer\":\"bob\",\"rowId\":7}\n\n",
+    );
     settle().await;
-    assert_eq!(event_names(&mut rx), vec!["thread-updated", "contact-changed"]);
+    assert_eq!(
+        event_names(&mut rx),
+        vec!["thread-updated", "contact-changed"]
+    );
     drop(tx);
     script.streams.lock().expect("lock").clear();
     settle().await;
@@ -255,7 +270,10 @@ async fn retry_field_is_honoured_and_last_event_id_sent_on_reconnect() {
         settle().await;
     }
     let calls = script.calls();
-    assert!(calls[1].0 - dropped_at >= Duration::from_secs(5), "retry: honoured");
+    assert!(
+        calls[1].0 - dropped_at >= Duration::from_secs(5),
+        "retry: honoured"
+    );
     assert_eq!(calls[1].1.last_event_id.as_deref(), Some("ep-7"));
     assert_eq!(calls[1].1.cookie, "session=a");
     assert_eq!(calls[0].1.last_event_id, None);
@@ -280,7 +298,10 @@ async fn upstream_resync_reaches_every_tab_exactly_once() {
     for rx in &mut rxs {
         assert_eq!(event_names(rx), vec!["resync"]);
     }
-    assert!(event_names(&mut bob_rx).is_empty(), "bob hears nothing of alice");
+    assert!(
+        event_names(&mut bob_rx).is_empty(),
+        "bob hears nothing of alice"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -332,7 +353,10 @@ async fn refused_credentials_fall_back_then_log_out() {
     let calls = script.calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].1.cookie, "session=old");
-    assert_eq!(calls[1].1.cookie, "session=new", "another tab's credentials");
+    assert_eq!(
+        calls[1].1.cookie, "session=new",
+        "another tab's credentials"
+    );
     assert_eq!(script.open_streams("alice"), 1);
 
     // Both refused now: tabs get logout, the stream ends, channel is gone.
@@ -397,7 +421,11 @@ async fn concurrent_subscribe_unsubscribe_races() {
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.expect("task"), 0, "a tab held a channel not in the map");
+        assert_eq!(
+            t.await.expect("task"),
+            0,
+            "a tab held a channel not in the map"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -405,7 +433,11 @@ async fn concurrent_subscribe_unsubscribe_races() {
         if hub.channels() == 0 && open == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "leaked: {} channels, {open} streams", hub.channels());
+        assert!(
+            Instant::now() < deadline,
+            "leaked: {} channels, {open} streams",
+            hub.channels()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(hub.upstreams_started() >= 3);
