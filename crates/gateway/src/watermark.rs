@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::{Request, Uri, header};
+use tokio::time::Instant;
 
 use crate::body;
 use crate::channel::Channel;
@@ -29,10 +30,36 @@ pub fn valid_tab_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-#[derive(Default)]
+/// How long a read posted by a tab whose stream is not open (yet) keeps its
+/// peer active: a page that opens a thread while its stream is still
+/// connecting must not lose the mark, but a tab that never connects must not
+/// keep auto-reading messages nobody sees.
+pub const PENDING_WINDOW: Duration = Duration::from_secs(10);
+
 struct TabMark {
     streams: usize,
     peer: Option<String>,
+    set_at: Instant,
+}
+
+impl Default for TabMark {
+    fn default() -> Self {
+        TabMark {
+            streams: 0,
+            peer: None,
+            set_at: Instant::now(),
+        }
+    }
+}
+
+impl TabMark {
+    fn active_peer(&self) -> Option<&str> {
+        if self.streams > 0 || self.set_at.elapsed() < PENDING_WINDOW {
+            self.peer.as_deref()
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Default)]
@@ -113,13 +140,15 @@ impl Watermarks {
     /// the peer becomes the tab's active one.
     pub fn set_active(&self, user: &str, tab: &str, peer: &str, row_id: u64) {
         let mut st = self.lock();
-        let key = (user.to_string(), tab.to_string());
-        match st.tabs.get_mut(&key) {
-            Some(m) => m.peer = Some(peer.to_string()),
-            // A read from a tab with no open stream is stored nowhere: the
-            // stream's end is what clears it, and there is none to wait for.
-            None => tracing::debug!("read from a tab without a stream; not marked active"),
-        }
+        // Forget pending marks of tabs that never connected.
+        st.tabs
+            .retain(|_, m| m.streams > 0 || m.set_at.elapsed() < PENDING_WINDOW);
+        let mark = st
+            .tabs
+            .entry((user.to_string(), tab.to_string()))
+            .or_default();
+        mark.peer = Some(peer.to_string());
+        mark.set_at = Instant::now();
         let hi = st
             .posted
             .entry((user.to_string(), peer.to_string()))
@@ -145,7 +174,7 @@ impl Watermarks {
             .tabs
             .iter()
             .filter(|((u, _), _)| u == user)
-            .filter_map(|(_, m)| m.peer.clone())
+            .filter_map(|(_, m)| m.active_peer().map(str::to_string))
             .collect();
         v.sort();
         v.dedup();
@@ -185,7 +214,7 @@ impl Watermarks {
             let active = st
                 .tabs
                 .iter()
-                .any(|((u, _), m)| u == user && m.peer.as_deref() == Some(peer));
+                .any(|((u, _), m)| u == user && m.active_peer() == Some(peer));
             let posted = st
                 .posted
                 .get(&(user.to_string(), peer.to_string()))
