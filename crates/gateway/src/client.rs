@@ -1,0 +1,175 @@
+//! Backend client: owns the connector (TCP, rustls, ALPN), the connection pool
+//! and the trust roots used to reach the backend. Every module that talks to
+//! the backend shares one [`BackendClient`].
+//!
+//! Must never install or rely on a process-wide rustls crypto provider (the
+//! ring provider is passed explicitly), never disable certificate
+//! verification, and never decide *where* to connect: callers supply the URI.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::body::Body;
+
+/// HTTP client to the backend: http and https (rustls with ring, native roots
+/// or an extra CA PEM file), h1 and h2 via ALPN, pooled. Cheap to clone; clones
+/// share the pool.
+pub type BackendClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// How the backend client connects and pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Limit for establishing the TCP connection (DNS excluded).
+    pub connect_timeout: Duration,
+    /// A PEM file of CA certificates for a backend with a private CA.
+    ///
+    /// When set, these CAs are the trust roots for the backend *instead of*
+    /// the platform's roots (like nginx's `proxy_ssl_trusted_certificate`):
+    /// the backend is one known service, so pinning its CA is the safer reading.
+    pub extra_ca_pem: Option<PathBuf>,
+    /// Idle pooled connections are closed after this long. Keep it below the
+    /// backend's own keep-alive timeout, or a request can race the backend
+    /// closing the connection it was sent on.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            extra_ca_pem: None,
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a [`BackendClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file could not be read or is not PEM.
+    #[error("CA file {}: {source}", path.display())]
+    CaRead {
+        /// The configured file.
+        path: PathBuf,
+        /// What went wrong reading or decoding it.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate at all.
+    #[error("CA file {}: no CERTIFICATE block found", path.display())]
+    CaEmpty {
+        /// The configured file.
+        path: PathBuf,
+    },
+    /// A certificate in the CA file is not usable as a trust anchor.
+    #[error("CA file {}: {source}", path.display())]
+    CaInvalid {
+        /// The configured file.
+        path: PathBuf,
+        /// Why rustls rejected it.
+        source: rustls::Error,
+    },
+    /// rustls refused the configuration (protocol versions vs. provider).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// TCP keep-alive for backend connections: a long SSE response through the
+/// proxy can be silent for minutes, and a dead peer must still be noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Build the backend client described by `cfg`.
+pub fn backend_client(cfg: &ClientConfig) -> Result<BackendClient, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let tls = match &cfg.extra_ca_pem {
+        Some(path) => builder
+            .with_root_certificates(load_ca_file(path)?)
+            .with_no_client_auth(),
+        None => match builder.clone().with_native_roots() {
+            Ok(b) => b.with_no_client_auth(),
+            Err(e) => {
+                // Not fatal: an http backend needs no roots, and an https one
+                // then fails per request with a logged certificate error (502)
+                // instead of the whole gateway refusing to start.
+                tracing::warn!(error = %e, "no platform CA certificates; https backends will be rejected");
+                builder
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth()
+            }
+        },
+    };
+
+    let mut http = HttpConnector::new();
+    // The https wrapper hands https URIs to this connector too.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        // Without a pool timer the idle timeout is never enforced.
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
+fn load_ca_file(path: &Path) -> Result<RootCertStore, ClientError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| ClientError::CaRead {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(ClientError::CaEmpty {
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|source| ClientError::CaInvalid {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ca_file_is_an_error_not_a_panic() {
+        let cfg = ClientConfig {
+            extra_ca_pem: Some(PathBuf::from("/nonexistent/ssemux-ca.pem")),
+            ..ClientConfig::default()
+        };
+        assert!(matches!(
+            backend_client(&cfg),
+            Err(ClientError::CaRead { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn builds_without_extra_ca() {
+        assert!(backend_client(&ClientConfig::default()).is_ok());
+    }
+}

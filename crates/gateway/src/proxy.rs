@@ -1,0 +1,922 @@
+//! Reverse proxy: owns forwarding of every request ssemux does not serve
+//! itself to the one configured backend — request-target and framing checks,
+//! hop-by-hop header removal in both directions, `X-Forwarded-*`, the request
+//! body limit and the wait for the backend's response head.
+//!
+//! Must never buffer a body (both directions stream frame by frame, so an SSE
+//! response on any path passes through as it is produced), never contact any
+//! host but the configured backend whatever the request says, and never panic
+//! on anything a client or the backend sends.
+//!
+//! Upgrade / WebSocket is not supported: `Upgrade` is a hop-by-hop header, so
+//! it is removed and the request is forwarded as an ordinary request (RFC 9110
+//! §7.8 lets a server ignore `Upgrade`); a `101` from the backend anyway
+//! becomes a `502`.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use crate::body::{self, Body, BoxError};
+use crate::client::BackendClient;
+
+/// Default for [`ProxyConfig::max_request_body`]: 10 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 * 1024 * 1024;
+
+/// Default for [`ProxyConfig::response_timeout`]: 30 s.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Base URI of the backend: `http://` or `https://`, an authority, and
+    /// optionally a path prefix that is put in front of every request path
+    /// (`https://chat.internal/app` + `/x?y` → `https://chat.internal/app/x?y`).
+    pub backend: Uri,
+    /// Largest request body forwarded. A declared larger `Content-Length` is
+    /// answered `413` without contacting the backend; a body that streams past
+    /// the limit is cut (the backend sees an aborted request).
+    pub max_request_body: u64,
+    /// Longest the backend may stay silent before its response head: counted
+    /// from the last request body bytes it accepted, so a slow but moving
+    /// upload is not cut. Exceeded → `504`.
+    pub response_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// A configuration for `backend` with the default limits.
+    pub fn new(backend: Uri) -> Self {
+        ProxyConfig {
+            backend,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// Check the backend URI. A [`Proxy`] built from an invalid configuration
+    /// answers every request with `502`; call this at startup to fail early.
+    pub fn validate(&self) -> Result<(), ProxyConfigError> {
+        Target::from_base(&self.backend).map(drop)
+    }
+}
+
+/// A backend base URI the proxy cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// Neither `http` nor `https`.
+    #[error("backend URI {0:?} must start with http:// or https://")]
+    Scheme(String),
+    /// No host.
+    #[error("backend URI {0:?} has no host")]
+    NoAuthority(String),
+    /// `user:pass@` would end up in the `Host` header.
+    #[error("backend URI {0:?} must not contain credentials")]
+    Userinfo(String),
+    /// A query cannot be combined with every request's own query.
+    #[error("backend URI {0:?} must not have a query")]
+    Query(String),
+}
+
+/// A request body that streamed past [`ProxyConfig::max_request_body`]. Found
+/// again in the client's error chain to answer `413` instead of `502`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The configured limit.
+    pub limit: u64,
+}
+
+/// The reverse proxy. Cheap to clone; clones share the client and settings.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Result<Target, ProxyConfigError>,
+    client: BackendClient,
+    max_request_body: u64,
+    response_timeout: Duration,
+}
+
+/// The backend base URI, split once.
+#[derive(Debug)]
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    /// Path prefix without a trailing `/`; empty for none.
+    prefix: String,
+}
+
+impl Target {
+    fn from_base(uri: &Uri) -> Result<Target, ProxyConfigError> {
+        let shown = || uri.to_string();
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(ProxyConfigError::Scheme(shown())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ProxyConfigError::NoAuthority(shown()))?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err(ProxyConfigError::Userinfo(shown()));
+        }
+        if uri.query().is_some() {
+            return Err(ProxyConfigError::Query(shown()));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyConfigError::NoAuthority(shown()))?;
+        Ok(Target {
+            scheme,
+            authority,
+            host,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The backend URI for a request target. Only the path and query of the
+    /// client's target are used, so the authority is always the backend's.
+    fn uri_for(&self, client_target: &Uri) -> Result<Uri, Reject> {
+        let pq = client_target
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str);
+        let pq = if pq.starts_with('/') {
+            format!("{}{pq}", self.prefix)
+        } else {
+            format!("{}/{pq}", self.prefix)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Reject::Target)
+    }
+}
+
+impl Proxy {
+    /// A proxy to `cfg.backend` through `client`.
+    pub fn new(cfg: ProxyConfig, client: BackendClient) -> Self {
+        let target = Target::from_base(&cfg.backend);
+        if let Err(e) = &target {
+            tracing::error!(error = %e, "proxy backend misconfigured; every proxied request will get 502");
+        }
+        Proxy {
+            inner: Arc::new(Inner {
+                target,
+                client,
+                max_request_body: cfg.max_request_body,
+                response_timeout: cfg.response_timeout,
+            }),
+        }
+    }
+
+    /// Forward one request to the backend and return its response, or a short
+    /// `text/plain` error of ssemux's own (400, 405, 413, 502, 504).
+    ///
+    /// `client_addr` is the TCP peer, `scheme` is `"http"` or `"https"` as the
+    /// client used. The body may be hyper's `Incoming` or any other streaming
+    /// body; it is never collected.
+    pub async fn forward<B>(
+        &self,
+        req: Request<B>,
+        client_addr: SocketAddr,
+        scheme: &str,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &*self.inner;
+        let target = match &inner.target {
+            Ok(t) => t,
+            Err(_) => return body::text(StatusCode::BAD_GATEWAY, "bad gateway: no backend"),
+        };
+        let (mut parts, incoming) = req.into_parts();
+        if let Err(reject) = prepare_request(
+            &mut parts,
+            target,
+            client_addr,
+            scheme,
+            inner.max_request_body,
+        ) {
+            tracing::debug!(reason = %reject, method = %parts.method, uri = %parts.uri, "request refused");
+            return reject.response();
+        }
+
+        let progress = Arc::new(Progress::new());
+        let limited = LimitedBody {
+            inner: incoming,
+            remaining: inner.max_request_body,
+            limit: inner.max_request_body,
+            progress: progress.clone(),
+            done: false,
+        };
+        let req = Request::from_parts(parts, limited.boxed_unsync());
+
+        let resp = match self.response_head(req, &progress).await {
+            Ok(r) => r,
+            Err(f) => return f.response(),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            tracing::warn!("backend answered 101 to a request sent without Upgrade");
+            return body::text(StatusCode::BAD_GATEWAY, "bad gateway");
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        prepare_response_headers(&mut parts.headers);
+        // Backend extensions (connection info, reason phrase) stay on this hop.
+        parts.extensions = http::Extensions::new();
+        // hyper's h1 server only writes 1.0/1.1 and downgrades for 1.0 peers.
+        parts.version = Version::HTTP_11;
+        Response::from_parts(
+            parts,
+            incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        )
+    }
+
+    /// Send and wait for the response head, allowing `response_timeout` of
+    /// silence after the last request body progress.
+    async fn response_head(
+        &self,
+        req: Request<Body>,
+        progress: &Progress,
+    ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        let timeout = self.inner.response_timeout;
+        let fut = self.inner.client.request(req);
+        tokio::pin!(fut);
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                res = &mut fut => return res.map_err(|e| Failure::classify(&e)),
+                () = tokio::time::sleep_until(deadline) => {
+                    let next = progress.last() + timeout;
+                    if next <= Instant::now() {
+                        // Dropping `fut` aborts the request and its connection.
+                        return Err(Failure::Timeout);
+                    }
+                    deadline = next;
+                }
+            }
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the obsolete `Proxy-Connection` and `Keep-Alive`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Why a request is answered by the proxy itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Reject {
+    #[error("CONNECT is not supported")]
+    Connect,
+    #[error("absolute-form target for another host")]
+    ForeignTarget,
+    #[error("unsupported request target")]
+    Target,
+    #[error("missing or repeated Host header")]
+    Host,
+    #[error("{0}")]
+    Framing(&'static str),
+    #[error("declared body too large")]
+    TooLarge,
+}
+
+impl Reject {
+    fn response(self) -> Response<Body> {
+        match self {
+            Reject::Connect => {
+                let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT not allowed");
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+                r
+            }
+            Reject::TooLarge => body::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            other => body::text(StatusCode::BAD_REQUEST, &format!("bad request: {other}")),
+        }
+    }
+}
+
+/// Why no backend response head arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Unreachable,
+    Backend,
+    TooLarge,
+    Timeout,
+}
+
+impl Failure {
+    fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = source {
+            if e.is::<BodyTooLarge>() {
+                return Failure::TooLarge;
+            }
+            source = e.source();
+        }
+        let failure = if err.is_connect() {
+            Failure::Unreachable
+        } else {
+            Failure::Backend
+        };
+        tracing::warn!(error = ?err, "backend request failed");
+        failure
+    }
+
+    fn response(self) -> Response<Body> {
+        match self {
+            Failure::Unreachable => {
+                body::text(StatusCode::BAD_GATEWAY, "bad gateway: backend unreachable")
+            }
+            Failure::Backend => body::text(StatusCode::BAD_GATEWAY, "bad gateway"),
+            Failure::TooLarge => {
+                body::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+            Failure::Timeout => body::text(StatusCode::GATEWAY_TIMEOUT, "gateway timeout"),
+        }
+    }
+}
+
+/// Check a request and rewrite its head for the backend. Pure, so every rule
+/// is unit-testable without sockets.
+fn prepare_request(
+    parts: &mut Parts,
+    target: &Target,
+    client_addr: SocketAddr,
+    scheme: &str,
+    max_body: u64,
+) -> Result<(), Reject> {
+    if parts.method == Method::CONNECT {
+        return Err(Reject::Connect);
+    }
+    let is_h1 = matches!(
+        parts.version,
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() || (parts.version == Version::HTTP_11 && host.is_none()) {
+        return Err(Reject::Host);
+    }
+    // Over h2/h3 every request carries :authority in its URI; only an h1
+    // request line can be absolute-form.
+    if is_h1 && (parts.uri.scheme().is_some() || parts.uri.authority().is_some()) {
+        let same = host
+            .as_ref()
+            .is_some_and(|h| same_authority(&parts.uri, h, scheme));
+        if !same {
+            return Err(Reject::ForeignTarget);
+        }
+    }
+    if parts.uri.path() == "*" {
+        return Err(Reject::Target);
+    }
+
+    let declared = check_framing(&parts.headers, parts.version)?;
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Reject::TooLarge);
+    }
+
+    let original_host = if is_h1 {
+        host
+    } else {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or(host)
+    };
+
+    parts.uri = target.uri_for(&parts.uri)?;
+    // A fresh hop: hyper's client picks h1 or h2 by ALPN and frames the body.
+    parts.version = Version::HTTP_11;
+    // Server-side extensions (upgrade handles, h2 :protocol) stay on this hop.
+    parts.extensions = http::Extensions::new();
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(n) = declared {
+        // Collapses repeated identical values into one.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    append_forwarded_for(headers, client_addr);
+    match HeaderValue::from_str(scheme) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_PROTO, v);
+        }
+        Err(_) => {
+            headers.remove(X_FORWARDED_PROTO);
+        }
+    }
+    match original_host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(header::HOST, target.host.clone());
+    Ok(())
+}
+
+/// Reject ambiguous message framing (request smuggling, RFC 9112 §6.3): both
+/// `Content-Length` and `Transfer-Encoding`, differing or malformed
+/// `Content-Length` values, or a transfer coding that does not end in
+/// `chunked`. hyper's h1 server already refuses most of these and normalises
+/// CL+TE before we see it; this is the proxy's own guarantee regardless of
+/// which server or version hands it the request. Returns the declared length.
+fn check_framing(headers: &HeaderMap, version: Version) -> Result<Option<u64>, Reject> {
+    let mut declared: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n =
+                parse_length(item.trim_ascii()).ok_or(Reject::Framing("invalid Content-Length"))?;
+            match declared {
+                Some(prev) if prev != n => {
+                    return Err(Reject::Framing("conflicting Content-Length values"));
+                }
+                _ => declared = Some(n),
+            }
+        }
+    }
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if declared.is_some() {
+            return Err(Reject::Framing("both Content-Length and Transfer-Encoding"));
+        }
+        if version != Version::HTTP_11 {
+            return Err(Reject::Framing("Transfer-Encoding outside HTTP/1.1"));
+        }
+        if !codings
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        {
+            return Err(Reject::Framing("Transfer-Encoding must end in chunked"));
+        }
+    }
+    Ok(declared)
+}
+
+/// Strict `1*DIGIT`: no sign, no spaces inside, no overflow.
+fn parse_length(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Does an absolute-form target name the same host and port as `Host`?
+fn same_authority(uri: &Uri, host: &HeaderValue, conn_scheme: &str) -> bool {
+    let Some(target) = uri.authority() else {
+        return false;
+    };
+    let Ok(host) = host.to_str().unwrap_or("").parse::<Authority>() else {
+        return false;
+    };
+    let target_port = target
+        .port_u16()
+        .or_else(|| default_port(uri.scheme_str().unwrap_or(conn_scheme)));
+    let host_port = host.port_u16().or_else(|| default_port(conn_scheme));
+    target.host().eq_ignore_ascii_case(host.host()) && target_port == host_port
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else {
+        None
+    }
+}
+
+/// Remove hop-by-hop headers, including every header `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Response head from the backend, made fit for the client.
+fn prepare_response_headers(headers: &mut HeaderMap) {
+    // A Content-Length next to Transfer-Encoding is void (RFC 9112 §6.3) and
+    // must not be forwarded once the Transfer-Encoding is gone.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+}
+
+/// Append the client's address to `X-Forwarded-For`, keeping any earlier hops
+/// (as one comma-separated value).
+fn append_forwarded_for(headers: &mut HeaderMap, client_addr: SocketAddr) {
+    // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+    let ip = client_addr.ip().to_canonical().to_string();
+    let mut list: Vec<u8> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            list.extend_from_slice(v);
+            list.extend_from_slice(b", ");
+        }
+    }
+    list.extend_from_slice(ip.as_bytes());
+    let value = HeaderValue::from_bytes(&list)
+        .or_else(|_| HeaderValue::from_str(&ip))
+        .ok();
+    match value {
+        Some(v) => {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        None => {
+            headers.remove(X_FORWARDED_FOR);
+        }
+    }
+}
+
+/// When the backend last accepted request body bytes.
+struct Progress {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's body on its way to the backend: passes frames through one by
+/// one, fails once more than `limit` data bytes went by, and records progress
+/// for the response timeout.
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    progress: Arc<Progress>,
+    done: bool,
+}
+
+impl<B> http_body::Body for LimitedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if n > this.remaining {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                    this.remaining -= n;
+                }
+                this.progress.touch();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                this.done = true;
+                this.progress.touch();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn target(base: &'static str) -> Target {
+        match Target::from_base(&Uri::from_static(base)) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40000)
+    }
+
+    fn parts(builder: http::request::Builder) -> Parts {
+        match builder.body(()) {
+            Ok(r) => r.into_parts().0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn prepare(p: &mut Parts) -> Result<(), Reject> {
+        prepare_request(
+            p,
+            &target("http://backend:8081/base/"),
+            peer(),
+            "https",
+            1000,
+        )
+    }
+
+    #[test]
+    fn rewrites_target_host_and_forwarding_headers() {
+        let mut p = parts(
+            Request::get("/x/y?q=1")
+                .header("host", "front.example")
+                .header("x-forwarded-for", "203.0.113.1")
+                .header("x-forwarded-for", "198.51.100.2")
+                .header("x-forwarded-proto", "gopher")
+                .header("cookie", "a=1")
+                .header("cookie", "b=2"),
+        );
+        assert_eq!(prepare(&mut p), Ok(()));
+        assert_eq!(p.uri, "http://backend:8081/base/x/y?q=1");
+        assert_eq!(p.headers["host"], "backend:8081");
+        assert_eq!(p.headers["x-forwarded-host"], "front.example");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            p.headers["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 192.0.2.7"
+        );
+        assert_eq!(p.headers.get_all("cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut p = parts(
+            Request::post("/")
+                .header("host", "f")
+                .header("connection", "keep-alive, X-Custom")
+                .header("connection", "x-other")
+                .header("x-custom", "1")
+                .header("x-other", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+                .header("te", "trailers")
+                .header("trailer", "x-t")
+                .header("transfer-encoding", "chunked")
+                .header("upgrade", "websocket")
+                .header("x-keep", "yes"),
+        );
+        assert_eq!(prepare(&mut p), Ok(()));
+        for h in [
+            "connection",
+            "x-custom",
+            "x-other",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!p.headers.contains_key(h), "{h} forwarded");
+        }
+        assert_eq!(p.headers["x-keep"], "yes");
+    }
+
+    #[test]
+    fn response_drops_content_length_next_to_transfer_encoding() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        prepare_response_headers(&mut h);
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        assert!(!h.contains_key(header::TRANSFER_ENCODING));
+        assert!(!h.contains_key("x-b"));
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 2);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let check = |pairs: &[(&'static str, &'static str)], v: Version| {
+            let mut h = HeaderMap::new();
+            for (n, val) in pairs {
+                h.append(*n, HeaderValue::from_static(val));
+            }
+            check_framing(&h, v)
+        };
+        let h11 = Version::HTTP_11;
+        assert_eq!(check(&[("content-length", "5")], h11), Ok(Some(5)));
+        assert_eq!(
+            check(&[("content-length", "5"), ("content-length", "5")], h11),
+            Ok(Some(5))
+        );
+        assert_eq!(check(&[("content-length", "5, 5")], h11), Ok(Some(5)));
+        assert_eq!(check(&[("transfer-encoding", "chunked")], h11), Ok(None));
+        assert_eq!(
+            check(&[("transfer-encoding", "gzip, chunked")], h11),
+            Ok(None)
+        );
+        for bad in [
+            &[("content-length", "5"), ("content-length", "6")][..],
+            &[("content-length", "5, 6")],
+            &[("content-length", "+5")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999999")],
+            &[("content-length", "5"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked, gzip")],
+            &[("transfer-encoding", "identity")],
+        ] {
+            assert!(
+                matches!(check(bad, h11), Err(Reject::Framing(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check(&[("transfer-encoding", "chunked")], Version::HTTP_10).is_err());
+    }
+
+    #[test]
+    fn declared_length_over_limit_is_413() {
+        let mut p = parts(
+            Request::post("/")
+                .header("host", "f")
+                .header("content-length", "1001"),
+        );
+        assert_eq!(prepare(&mut p), Err(Reject::TooLarge));
+        let mut p = parts(
+            Request::post("/")
+                .header("host", "f")
+                .header("content-length", "1000"),
+        );
+        assert_eq!(prepare(&mut p), Ok(()));
+        assert_eq!(p.headers["content-length"], "1000");
+    }
+
+    #[test]
+    fn absolute_form_only_for_own_host() {
+        let mut p =
+            parts(Request::get("http://other.example/steal").header("host", "front.example"));
+        assert_eq!(prepare(&mut p), Err(Reject::ForeignTarget));
+
+        let mut p =
+            parts(Request::get("http://FRONT.example:443/ok").header("host", "front.example"));
+        // The connection is https (see `prepare`), so a bare Host means 443.
+        assert_eq!(prepare(&mut p), Ok(()));
+        assert_eq!(p.uri, "http://backend:8081/base/ok");
+
+        let mut p =
+            parts(Request::get("http://front.example:8080/x").header("host", "front.example"));
+        assert_eq!(prepare(&mut p), Err(Reject::ForeignTarget));
+    }
+
+    #[test]
+    fn h2_authority_is_not_absolute_form() {
+        let mut p = parts(Request::get("https://front.example/x").version(Version::HTTP_2));
+        assert_eq!(prepare(&mut p), Ok(()));
+        assert_eq!(p.uri, "http://backend:8081/base/x");
+        assert_eq!(p.headers["x-forwarded-host"], "front.example");
+        assert_eq!(p.headers["host"], "backend:8081");
+    }
+
+    #[test]
+    fn connect_asterisk_and_host_rules() {
+        let mut p = parts(Request::connect("other.example:443").header("host", "f"));
+        assert_eq!(prepare(&mut p), Err(Reject::Connect));
+        assert_eq!(
+            Reject::Connect.response().status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let mut p = parts(Request::options("*").header("host", "f"));
+        assert_eq!(prepare(&mut p), Err(Reject::Target));
+        let mut p = parts(Request::get("/"));
+        assert_eq!(prepare(&mut p), Err(Reject::Host));
+        let mut p = parts(Request::get("/").header("host", "a").header("host", "b"));
+        assert_eq!(prepare(&mut p), Err(Reject::Host));
+        let mut p = parts(Request::get("/").version(Version::HTTP_10));
+        assert_eq!(prepare(&mut p), Ok(()));
+        assert!(!p.headers.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn forwarded_for_canonicalises_mapped_ipv4() {
+        let mut h = HeaderMap::new();
+        let v6 = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped();
+        append_forwarded_for(&mut h, SocketAddr::new(IpAddr::V6(v6), 1));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 1));
+        assert_eq!(h["x-forwarded-for"], "::1");
+    }
+
+    #[test]
+    fn backend_uri_validation() {
+        for (base, ok) in [
+            ("http://127.0.0.1:8081", true),
+            ("https://chat.internal/app", true),
+            ("ftp://x", false),
+            ("/relative", false),
+            ("http://user:pw@x", false),
+            ("http://x/?q=1", false),
+        ] {
+            let cfg = ProxyConfig::new(base.parse().unwrap_or_default());
+            assert_eq!(cfg.validate().is_ok(), ok, "{base}");
+        }
+        let t = target("https://chat.internal");
+        assert_eq!(
+            t.uri_for(&Uri::from_static("/a?b")).ok(),
+            Some(Uri::from_static("https://chat.internal/a?b"))
+        );
+        // A path that looks like an authority stays a path on the backend.
+        assert_eq!(
+            t.uri_for(&Uri::from_static("//evil.example/x"))
+                .map(|u| u.host().map(str::to_owned)),
+            Ok(Some("chat.internal".to_owned()))
+        );
+    }
+}
