@@ -240,6 +240,9 @@ pub struct HubConfig {
     pub broadcast_buffer: usize,
     /// Most tabs one user may hold open; beyond → `429`.
     pub max_tabs_per_user: usize,
+    /// Most tabs in total; beyond → `503`. `0` = derive from the process's
+    /// open-file limit (half of it, leaving room for upstreams and proxying).
+    pub max_total_tabs: usize,
 }
 
 impl Default for HubConfig {
@@ -251,6 +254,7 @@ impl Default for HubConfig {
             ring_size: 256,
             broadcast_buffer: 1024,
             max_tabs_per_user: 64,
+            max_total_tabs: 0,
         }
     }
 }
@@ -296,6 +300,12 @@ pub struct ServerConfig {
     pub header_read_timeout: Dur,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub drain_timeout: Dur,
+    /// A connection whose socket accepts no bytes for this long is cut (a
+    /// stalled tab must not hold memory or a slot forever).
+    pub write_timeout: Dur,
+    /// New `/events` connections per second allowed from one client address
+    /// (sustained; bursts up to twice this). `0` = unlimited.
+    pub events_connects_per_second: u32,
 }
 
 impl Default for ServerConfig {
@@ -303,6 +313,8 @@ impl Default for ServerConfig {
         ServerConfig {
             header_read_timeout: Dur(Duration::from_secs(10)),
             drain_timeout: Dur(Duration::from_secs(10)),
+            write_timeout: Dur(Duration::from_secs(30)),
+            events_connects_per_second: 50,
         }
     }
 }
@@ -399,6 +411,9 @@ impl Config {
         }
         if self.hub.max_tabs_per_user == 0 {
             return bad("hub.max_tabs_per_user", "must be at least 1");
+        }
+        if self.server.write_timeout.0.is_zero() {
+            return bad("server.write_timeout", "must be more than 0");
         }
         if self.hub.keepalive.0.is_zero() {
             return bad("hub.keepalive", "must be more than 0");

@@ -3,7 +3,7 @@
 //! never parses HTTP, never reads upstream bytes and never encodes frames.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -19,6 +19,9 @@ pub enum HubError {
     /// The user already holds `max_tabs_per_user` tabs.
     #[error("too many tabs for this user (limit {0})")]
     TooManyTabs(usize),
+    /// The gateway holds `max_total_tabs` tabs.
+    #[error("too many tabs in total (limit {0})")]
+    Full(usize),
     /// The hub is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -35,6 +38,8 @@ pub struct HubSettings {
     pub broadcast_buffer: usize,
     /// Tabs per user.
     pub max_tabs_per_user: usize,
+    /// Tabs in total.
+    pub max_total_tabs: usize,
 }
 
 impl From<&HubConfig> for HubSettings {
@@ -44,6 +49,10 @@ impl From<&HubConfig> for HubSettings {
             ring_size: c.ring_size,
             broadcast_buffer: c.broadcast_buffer,
             max_tabs_per_user: c.max_tabs_per_user,
+            max_total_tabs: match c.max_total_tabs {
+                0 => default_total_tabs(),
+                n => n,
+            },
         }
     }
 }
@@ -64,6 +73,7 @@ struct Inner {
     upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     upstreams_started: AtomicU64,
+    total_tabs: AtomicUsize,
 }
 
 /// Shared handle to the hub.
@@ -104,6 +114,7 @@ impl Hub {
                 upstream: Arc::new(upstream),
                 shutdown: CancellationToken::new(),
                 upstreams_started: AtomicU64::new(0),
+                total_tabs: AtomicUsize::new(0),
             }),
         }
     }
@@ -115,6 +126,13 @@ impl Hub {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
+        let total_limit = self.inner.settings.max_total_tabs;
+        self.inner
+            .total_tabs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < total_limit).then_some(n + 1)
+            })
+            .map_err(|_| HubError::Full(total_limit))?;
         let limit = self.inner.settings.max_tabs_per_user;
         let mut entry = self
             .inner
@@ -122,6 +140,8 @@ impl Hub {
             .entry(user.to_string())
             .or_insert_with(|| self.open(user));
         if entry.subs >= limit {
+            drop(entry);
+            self.inner.total_tabs.fetch_sub(1, Ordering::AcqRel);
             return Err(HubError::TooManyTabs(limit));
         }
         entry.subs += 1;
@@ -167,6 +187,7 @@ impl Hub {
     }
 
     fn release(&self, channel: &Arc<Channel>) {
+        self.inner.total_tabs.fetch_sub(1, Ordering::AcqRel);
         let user = channel.user();
         let armed = match self.inner.entries.get_mut(user) {
             Some(mut e) if Arc::ptr_eq(&e.channel, channel) => {
@@ -219,7 +240,7 @@ impl Hub {
 
     /// Tabs of all users.
     pub fn total_tabs(&self) -> usize {
-        self.inner.entries.iter().map(|e| e.subs).sum()
+        self.inner.total_tabs.load(Ordering::Acquire)
     }
 
     /// The channel of `user`, if one exists.
@@ -238,6 +259,21 @@ impl Hub {
         self.inner.shutdown.cancel();
         self.inner.entries.clear();
     }
+}
+
+/// Half the soft open-file limit (read from `/proc/self/limits`), so tabs
+/// cannot starve upstream and proxy connections of descriptors; 10 000 where
+/// the limit cannot be read.
+fn default_total_tabs() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|soft| soft.parse::<usize>().ok())
+        })
+        .map_or(10_000, |soft| (soft / 2).max(64))
 }
 
 #[cfg(test)]

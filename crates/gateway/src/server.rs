@@ -191,6 +191,12 @@ impl Gateway {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 return r;
             }
+            Err(HubError::Full(_)) => {
+                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "gateway full");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
             Err(HubError::ShuttingDown) => {
                 let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
                 r.headers_mut()

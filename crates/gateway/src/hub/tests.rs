@@ -103,6 +103,7 @@ fn hub_with(script: &Arc<Script>, grace: Duration) -> Hub {
             ring_size: 64,
             broadcast_buffer: 64,
             max_tabs_per_user: 64,
+            max_total_tabs: 100,
         },
         upstream,
     )
@@ -383,7 +384,17 @@ async fn tab_limit() {
         hub.subscribe("alice", "session=a").err(),
         Some(HubError::TooManyTabs(64))
     );
-    assert!(hub.subscribe("bob", "session=b").is_ok(), "per user");
+    let bob: Vec<_> = (0..36)
+        .map(|_| hub.subscribe("bob", "session=b").expect("per user"))
+        .collect();
+    assert_eq!(hub.total_tabs(), 100);
+    assert_eq!(
+        hub.subscribe("carol", "session=c").err(),
+        Some(HubError::Full(100))
+    );
+    drop(bob);
+    assert_eq!(hub.total_tabs(), 64);
+    assert!(hub.subscribe("carol", "session=c").is_ok());
     drop(tabs);
 }
 
