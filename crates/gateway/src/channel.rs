@@ -124,6 +124,13 @@ impl Channel {
         self.lock().ring.iter().map(|f| f.bytes.len()).sum()
     }
 
+    /// Frames the broadcast buffer still holds for its slowest tab. Bounded
+    /// by `broadcast_buffer` however far a tab falls behind: a tab that
+    /// lags past it gets `resync` instead of pinning more memory.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Whether [`Channel::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.lock().closed

@@ -129,6 +129,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Upstream event → trigger rules.
     pub translate: Rules,
+    /// Native TLS for the browser-facing listener.
+    pub tls: TlsConfig,
+    /// Metrics and health endpoints.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -144,6 +148,46 @@ impl Default for Config {
             proxy: ProxySection::default(),
             server: ServerConfig::default(),
             translate: Rules::default(),
+            tls: TlsConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// `[tls]`: with both set, the listener speaks https with ALPN h2 and
+/// http/1.1; with neither, plain http/1.1 and h2c.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// `[admin]`: metrics and health endpoints.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Separate plain-http listener for the admin paths. Unset → they are
+    /// served on the main listener (before proxying).
+    pub listen: Option<SocketAddr>,
+    /// Prometheus text exposition.
+    pub metrics_path: String,
+    /// Liveness: `200` while the process runs.
+    pub healthz_path: String,
+    /// Readiness: `200` when listening and the backend answers; `503` while
+    /// draining or when the backend is unreachable.
+    pub readyz_path: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            metrics_path: "/metrics".into(),
+            healthz_path: "/healthz".into(),
+            readyz_path: "/readyz".into(),
         }
     }
 }
@@ -304,8 +348,14 @@ pub struct ServerConfig {
     /// stalled tab must not hold memory or a slot forever).
     pub write_timeout: Dur,
     /// New `/events` connections per second allowed from one client address
-    /// (sustained; bursts up to twice this). `0` = unlimited.
+    /// (sustained; bursts up to twice this). `0` = unlimited. Loopback
+    /// peers are exempt (they are local proxies or tools, not browsers).
     pub events_connects_per_second: u32,
+    /// Header a trusted proxy in front writes the client address into (e.g.
+    /// `x-forwarded-for`; the rightmost entry is used). Empty = the socket's
+    /// peer address. Set it behind nginx, or every browser shares nginx's
+    /// address for `events_connects_per_second`.
+    pub client_ip_header: String,
 }
 
 impl Default for ServerConfig {
@@ -315,6 +365,7 @@ impl Default for ServerConfig {
             drain_timeout: Dur(Duration::from_secs(10)),
             write_timeout: Dur(Duration::from_secs(30)),
             events_connects_per_second: 50,
+            client_ip_header: String::new(),
         }
     }
 }
@@ -398,6 +449,9 @@ impl Config {
             ("auth.me_path", &self.auth.me_path),
             ("upstream.events_path", &self.upstream.events_path),
             ("watermark.read_path", &self.watermark.read_path),
+            ("admin.metrics_path", &self.admin.metrics_path),
+            ("admin.healthz_path", &self.admin.healthz_path),
+            ("admin.readyz_path", &self.admin.readyz_path),
         ] {
             if !p.starts_with('/') {
                 return bad(key, "must start with `/`");
@@ -411,6 +465,11 @@ impl Config {
         }
         if self.hub.max_tabs_per_user == 0 {
             return bad("hub.max_tabs_per_user", "must be at least 1");
+        }
+        if !self.server.client_ip_header.is_empty()
+            && http::HeaderName::from_bytes(self.server.client_ip_header.as_bytes()).is_err()
+        {
+            return bad("server.client_ip_header", "not a valid header name");
         }
         if self.server.write_timeout.0.is_zero() {
             return bad("server.write_timeout", "must be more than 0");
@@ -432,6 +491,9 @@ impl Config {
         }
         if self.upstream.max_event_bytes < 64 {
             return bad("upstream.max_event_bytes", "must be at least 64");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert", "tls.cert and tls.key must be set together");
         }
         translate::validate(&self.translate).map_err(|e| ConfigError::Invalid {
             key: "translate".into(),
@@ -473,6 +535,9 @@ pub fn known_keys() -> Vec<String> {
     }
     // Optional keys have no default value to discover them by.
     out.push("upstream.extra_ca_pem".into());
+    out.push("tls.cert".into());
+    out.push("tls.key".into());
+    out.push("admin.listen".into());
     out.sort();
     out.dedup();
     out

@@ -24,7 +24,9 @@ use crate::body::{self, Body};
 use crate::client::{BackendClient, ClientConfig, backend_client};
 use crate::config::Config;
 use crate::hub::{Hub, HubError, HubSettings};
+use crate::limit::{self, ConnectLimiter};
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::socket::WriteDeadline;
 use crate::tab::{self, TabHold, TabSettings};
 use crate::upstream::{HttpConnector, Upstream, UpstreamSettings};
 use crate::watermark::{self, Watermarks};
@@ -50,6 +52,7 @@ pub struct Gateway {
     auth: Auth,
     proxy: Proxy,
     watermarks: Watermarks,
+    connects: ConnectLimiter,
     shutdown: CancellationToken,
 }
 
@@ -96,6 +99,7 @@ impl Gateway {
             client,
         );
         Ok(Arc::new(Gateway {
+            connects: ConnectLimiter::new(cfg.server.events_connects_per_second),
             cfg,
             hub,
             auth,
@@ -128,7 +132,7 @@ impl Gateway {
     ) -> Response<Body> {
         let path = req.uri().path();
         if path == self.cfg.events_path {
-            return self.events(req).await;
+            return self.events(req, peer).await;
         }
         if path == self.cfg.watermark.read_path
             && (req.method() == Method::POST || req.method() == Method::DELETE)
@@ -159,11 +163,19 @@ impl Gateway {
     }
 
     /// `GET /events`: one tab's multiplexed stream.
-    async fn events(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn events(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.method() != Method::GET {
             let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return r;
+        }
+        let client = limit::client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
+        if let Err(wait) = self.connects.admit(client) {
+            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "too many connects");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             return r;
         }
         let id = match self.identify(&req).await {
@@ -281,6 +293,7 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.cfg.server.header_read_timeout.0);
+        let write_timeout = self.cfg.server.write_timeout.0;
         loop {
             let (stream, peer) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -301,7 +314,7 @@ impl Gateway {
                 async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(WriteDeadline::new(stream, write_timeout)), svc)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
