@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build run test test-rust lint fmt clippy clean
+.PHONY: all build run test test-rust test-deps lint fmt clippy clean
 
 all: build
 
@@ -16,7 +16,17 @@ run: build
 	./target/release/ssemux demo
 
 ## Every test: formatting, lints, unit and integration tests.
-test: lint test-rust
+test: lint test-deps test-rust
+
+## What integration tests need besides cargo: nginx (scale-out test).
+## Idempotent: skips when already installed; uses sudo only if not root.
+test-deps:
+	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { \
+	  echo "installing nginx for tests/tests/scaleout.rs"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx-light || \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx; }
 
 test-rust:
 	$(CARGO) test --workspace --all-targets
