@@ -138,11 +138,16 @@ fn init_logging(format: &str) {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    // Handlers first: a SIGTERM that arrives once we listen must find them.
-    let mut signals = Signals::new().context("cannot install signal handlers")?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    serve_on(cfg, listener).await
+}
+
+async fn serve_on(cfg: Config, listener: TcpListener) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once we log "serving" must find
+    // them, not the default action.
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
     let local = listener.local_addr().context("listener address")?;
     let backend = cfg.backend.clone();
     let gateway = Gateway::new(cfg).context("cannot build gateway")?;
@@ -204,6 +209,10 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
     let backend = ssemux_mock_upstream::MockBackend::start(backend_listen)
         .await
         .with_context(|| format!("cannot start the mock backend on {backend_listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listen = listener.local_addr().context("listener address")?;
     let cfg = Config::from_parts(
         "",
         std::env::vars(),
@@ -221,5 +230,5 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
     println!("         curl -b jar -N http://{listen}/events");
     println!("  mock backend at {}", backend.url());
     println!();
-    serve(cfg).await
+    serve_on(cfg, listener).await
 }

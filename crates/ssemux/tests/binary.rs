@@ -1,4 +1,6 @@
-//! Graceful shutdown of the real binary: SIGTERM ends every tab stream
+//! The real binary. The demo: log in, a proxied route, the backend's own
+//! stream through the proxy, and `/events`, as the README promises.
+//! Graceful shutdown: SIGTERM ends every tab stream
 //! cleanly (a proper end of the chunked body, never a 5xx or a reset), lets
 //! in-flight proxied requests finish, closes the upstreams and exits 0 within
 //! the drain time; a second signal exits at once. A tab reconnecting to the
@@ -296,4 +298,164 @@ async fn half_sent_post(addr: SocketAddr) -> TcpStream {
     // Give the gateway time to start proxying it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     slow
+}
+
+/// One request on a fresh connection; the body is left to the caller.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .expect("request");
+    tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("answer")
+}
+
+/// Read a streaming body until `needle` shows up.
+async fn read_until(body: &mut hyper::body::Incoming, needle: &str) -> String {
+    let mut seen = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !seen.contains(needle) {
+            let frame = body.frame().await.expect("stream open").expect("frame");
+            if let Ok(d) = frame.into_data() {
+                seen.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_login_proxy_and_events() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssemux"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend-listen",
+            "127.0.0.1:0",
+        ])
+        .env("SSEMUX_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn demo");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The printed URLs: the gateway's, then the mock backend's.
+    let (addr, backend): (SocketAddr, SocketAddr) = tokio::time::timeout(WAIT, async {
+        let mut gateway = None;
+        while let Some(line) = lines.next_line().await.expect("line") {
+            let line = line.trim();
+            let url_after = |prefix: &str| -> Option<SocketAddr> {
+                let rest = line.strip_prefix(prefix)?;
+                let url = rest.split_whitespace().next()?;
+                url.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .parse()
+                    .ok()
+            };
+            if let Some(a) = url_after("open") {
+                gateway = Some(a);
+            }
+            if let Some(b) = url_after("mock backend at") {
+                return gateway.map(|g| (g, b));
+            }
+        }
+        None
+    })
+    .await
+    .expect("demo prints its URLs")
+    .expect("usable addresses in the URLs");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let login = |user: &'static str| async move {
+        let body: &'static str = if user == "alice" {
+            "user=alice"
+        } else {
+            "user=bob"
+        };
+        let r = call(
+            addr,
+            "POST",
+            "/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+        assert!(
+            r.status().is_success() || r.status().is_redirection(),
+            "{}",
+            r.status()
+        );
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .expect("a session cookie");
+        set.split(';').next().expect("cookie pair").to_string()
+    };
+    let alice = login("alice").await;
+    let bob = login("bob").await;
+
+    let me = call(addr, "GET", "/api/v1/me", &[("cookie", &alice)], "").await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me = me.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&me).contains("alice"));
+
+    let raw = call(addr, "GET", "/api/v1/events", &[("cookie", &alice)], "").await;
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(raw.headers()["content-type"], "text/event-stream");
+    let events = call(addr, "GET", "/events", &[("cookie", &alice)], "").await;
+    assert_eq!(events.status(), StatusCode::OK);
+    let (mut raw, mut events) = (raw.into_body(), events.into_body());
+    read_until(&mut events, "retry:").await;
+    // Both streams of alice are open at the backend: the raw one and the
+    // gateway's upstream (which starts after the tab's response).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = call(backend, "GET", "/__admin/stats", &[], "").await;
+        let stats = stats.into_body().collect().await.expect("stats").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&stats).expect("json");
+        if v["openStreams"]["alice"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "streams: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sent = call(
+        addr,
+        "POST",
+        "/api/v1/messages",
+        &[("cookie", &bob), ("content-type", "application/json")],
+        r#"{"to":"alice","text":"hi from the demo test"}"#,
+    )
+    .await;
+    assert!(sent.status().is_success(), "{}", sent.status());
+    read_until(&mut raw, "event: inbound").await;
+    let got = read_until(&mut events, "event: thread-updated").await;
+    assert!(got.contains("data: bob"), "{got}");
+    drop(child.start_kill());
 }
