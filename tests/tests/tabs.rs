@@ -508,3 +508,24 @@ async fn status_of(env: &Env, headers: &[(&str, &str)]) -> (StatusCode, http::He
     conn.abort();
     (resp.status(), resp.headers().clone())
 }
+
+/// A `/events` request that lands while the hub is already shutting down
+/// (a keep-alive connection racing the drain) gets an empty stream with a
+/// `retry:` hint, never an error status: EventSource would give up for good.
+#[tokio::test]
+async fn events_during_drain_get_a_retry_hint_not_an_error() {
+    let env = Env::start(&["hub.retry_hint=3s"]).await;
+    let cookie = env.cookie("alice");
+    env.gateway.hub().shutdown();
+    let (status, headers, body) =
+        common::request(env.addr, "GET", "/events", &[("cookie", &cookie)], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let mut parser = ssemux_sse::Parser::new(1024);
+    parser.push(body.as_bytes());
+    match parser.next_item() {
+        Some(Ok(ssemux_sse::Item::Retry(ms))) => assert!((3000..=6000).contains(&ms), "{ms}"),
+        other => panic!("expected a retry hint, got {other:?} in {body:?}"),
+    }
+    assert!(parser.next_item().is_none(), "nothing else: {body:?}");
+}

@@ -210,37 +210,33 @@ impl Gateway {
                 return r;
             }
             Err(HubError::ShuttingDown) => {
-                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
+                // Not a 5xx: EventSource gives up for good on an error
+                // status. An empty stream that ends makes the browser come
+                // back after `retry:` with its Last-Event-ID, to whichever
+                // instance then answers.
+                let retry = ssemux_sse::encode_retry(self.retry_ms());
+                return event_stream(body::full(retry));
             }
         };
         let mark = self.watermarks.tab_opened(&id.user, &tab_key(tab, &id));
         let attach = subscription.channel().attach(last_event_id.as_deref());
-        let base = self.cfg.hub.retry_hint.0.as_millis() as u64;
         let settings = TabSettings {
             keepalive: self.cfg.hub.keepalive.0,
-            retry_ms: base + fastrand::u64(0..=base),
+            retry_ms: self.retry_ms(),
         };
         let hold = TabHold {
             subscription,
             mark: Some(mark),
         };
-        let body = tab::stream(hold, attach, settings, self.shutdown.clone());
-        let mut resp = Response::new(body);
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-store"),
-        );
-        // nginx in front must not buffer the stream.
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        resp
+        event_stream(tab::stream(hold, attach, settings, self.shutdown.clone()))
+    }
+
+    /// The `retry:` hint for one connection: the configured base plus up to
+    /// as much again at random, so tabs cut at the same moment (a deploy, a
+    /// network blip) come back spread out instead of in one burst.
+    fn retry_ms(&self) -> u64 {
+        let base = self.cfg.hub.retry_hint.0.as_millis() as u64;
+        base + fastrand::u64(0..=base)
     }
 
     /// The read-watermark path: proxied, and on success marks the peer
@@ -334,6 +330,23 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// A `200 text/event-stream` response around `body`.
+fn event_stream(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    // nginx in front must not buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
 }
 
 fn no_content() -> Response<Body> {
