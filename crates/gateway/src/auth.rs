@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::body;
 use crate::client::BackendClient;
 use crate::config::AuthConfig;
+use crate::metrics::{AuthResult, Metrics};
 
 /// Longest `Cookie` header (all values joined) ssemux will forward to the
 /// backend for introspection; larger is refused without asking.
@@ -83,6 +84,7 @@ pub struct Auth {
     me_url: Uri,
     settings: AuthSettings,
     cache: DashMap<String, Cached>,
+    metrics: Metrics,
 }
 
 /// All `Cookie` headers of a request joined as one value (HTTP/2 clients send
@@ -119,11 +121,30 @@ impl Auth {
             me_url,
             settings,
             cache: DashMap::new(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Report into `metrics` (default: a private, unexported registry).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Identify the request by its cookies.
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        let mut cached = false;
+        let r = self.lookup(headers, &mut cached).await;
+        let result = match &r {
+            Ok(_) => AuthResult::Ok,
+            Err(AuthError::Unauthenticated) => AuthResult::Unauthenticated,
+            Err(AuthError::Unavailable(_)) => AuthResult::Unavailable,
+        };
+        self.metrics.auth(result, cached);
+        r
+    }
+
+    async fn lookup(&self, headers: &HeaderMap, cached: &mut bool) -> Result<Identity, AuthError> {
         let cookie = cookie_header(headers).ok_or(AuthError::Unauthenticated)?;
         if cookie.len() > MAX_COOKIE_BYTES {
             return Err(AuthError::Unauthenticated);
@@ -133,6 +154,7 @@ impl Auth {
             .to_string();
         let now = Instant::now();
         if let Some(c) = self.cache.get(&cookie).filter(|c| c.expires > now) {
+            *cached = true;
             return match &c.user {
                 Some(user) => Ok(Identity {
                     user: user.clone(),

@@ -21,6 +21,7 @@ use crate::body::{self, BoxError};
 use crate::channel::Channel;
 use crate::client::BackendClient;
 use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, ResyncCause, UpstreamFailure};
 use crate::translate::{self, Rules, Translation, Trigger};
 use crate::watermark::Watermarks;
 
@@ -237,12 +238,17 @@ enum ConnEnd {
     Error,
 }
 
+/// The translation rules in force, swappable at run time (config reload):
+/// each event is translated with the rules current when it arrives.
+pub type SharedRules = Arc<std::sync::RwLock<Arc<Rules>>>;
+
 /// Everything an upstream task needs; shared by all users' tasks.
 pub struct Upstream {
     connector: Arc<dyn Connector>,
-    rules: Arc<Rules>,
+    rules: SharedRules,
     settings: UpstreamSettings,
     watermarks: Option<Watermarks>,
+    metrics: Metrics,
 }
 
 impl Upstream {
@@ -255,10 +261,22 @@ impl Upstream {
     ) -> Self {
         Upstream {
             connector,
-            rules,
+            rules: Arc::new(std::sync::RwLock::new(rules)),
             settings,
             watermarks,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The handle through which the rules can be replaced while running.
+    pub fn rules_handle(&self) -> SharedRules {
+        self.rules.clone()
+    }
+
+    /// Report into `metrics` (default: a private, unexported registry).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Run one user's upstream until cancelled or logged out.
@@ -285,10 +303,11 @@ impl Upstream {
             };
             match result {
                 Ok(stream) => {
+                    self.metrics.upstream_opened(connected_before);
                     if connected_before && last_id.is_none() {
                         // Nothing to resume from: whatever happened while
                         // we were away is unknown to the tabs.
-                        channel.publish(&[Trigger::resync()]);
+                        self.publish_resync(&channel);
                     }
                     connected_before = true;
                     let up_since = Instant::now();
@@ -296,6 +315,12 @@ impl Upstream {
                         .pump(stream, &channel, &mut last_id, &mut retry_hint, &cancel)
                         .await;
                     tracing::debug!(user = %channel.user(), ?how, "upstream connection ended");
+                    self.metrics.upstream_closed(match how {
+                        ConnEnd::Cancelled => None,
+                        ConnEnd::Eof => Some(UpstreamFailure::Eof),
+                        ConnEnd::Idle => Some(UpstreamFailure::Idle),
+                        ConnEnd::Error => Some(UpstreamFailure::ReadError),
+                    });
                     if how == ConnEnd::Cancelled {
                         return End::Cancelled;
                     }
@@ -304,11 +329,19 @@ impl Upstream {
                     }
                 }
                 Err(ConnectError::Unauthorized(status)) => {
+                    self.metrics.upstream_failed(UpstreamFailure::Unauthorized);
                     tracing::info!(user = %channel.user(), %status, "upstream credentials refused; trying another tab's");
                     channel.refuse_credential(key);
                     continue;
                 }
                 Err(e) => {
+                    self.metrics.upstream_failed(match e {
+                        ConnectError::Unauthorized(_) => UpstreamFailure::Unauthorized,
+                        ConnectError::Status(_) => UpstreamFailure::Status,
+                        ConnectError::ContentType(_) => UpstreamFailure::ContentType,
+                        ConnectError::Timeout => UpstreamFailure::Timeout,
+                        ConnectError::Transport(_) => UpstreamFailure::Transport,
+                    });
                     tracing::warn!(user = %channel.user(), error = %e, "upstream connect failed");
                 }
             }
@@ -361,15 +394,25 @@ impl Upstream {
                     Ok(Item::Retry(ms)) => *retry_hint = Some(Duration::from_millis(ms)),
                     Err(e) => {
                         tracing::warn!(user = %channel.user(), error = %e, "upstream event skipped");
-                        channel.publish(&[Trigger::resync()]);
+                        self.publish_resync(channel);
                     }
                 }
             }
         }
     }
 
+    /// Publish a `resync` the upstream side decided on.
+    fn publish_resync(&self, channel: &Channel) {
+        self.metrics.resync(ResyncCause::Upstream);
+        self.metrics.trigger_emitted(translate::RESYNC);
+        channel.publish(&[Trigger::resync()]);
+    }
+
     async fn deliver(&self, channel: &Channel, event: &str, data: &str) {
-        match translate::translate(&self.rules, event, data) {
+        self.metrics.upstream_event(event);
+        let started = Instant::now();
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match translate::translate(&rules, event, data) {
             Translation::Unmatched => {
                 tracing::debug!(user = %channel.user(), event, "upstream event without rule dropped");
             }
@@ -379,7 +422,14 @@ impl Upstream {
                     // before any tab hears of the message.
                     w.before_fanout(channel, event, data).await;
                 }
+                for t in &triggers {
+                    if t.name == translate::RESYNC {
+                        self.metrics.resync(ResyncCause::Upstream);
+                    }
+                    self.metrics.trigger_emitted(&t.name);
+                }
                 channel.publish(&triggers);
+                self.metrics.fanout(started.elapsed());
             }
         }
     }
