@@ -249,6 +249,11 @@ pub struct UpstreamConfig {
     pub response_timeout: Dur,
     /// Extra CA certificate (PEM) trusted for an https backend.
     pub extra_ca_pem: Option<PathBuf>,
+    /// Upstream connect attempts per second, over all users together (after
+    /// a burst of a tenth of a second's worth). A backend restart drops every
+    /// user's stream at once; this is the rate at which they come back.
+    /// `0` = unlimited.
+    pub connects_per_second: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -263,6 +268,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Dur(Duration::from_secs(5)),
             response_timeout: Dur(Duration::from_secs(15)),
             extra_ca_pem: None,
+            connects_per_second: 1500,
         }
     }
 }

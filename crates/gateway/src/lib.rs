@@ -12,6 +12,7 @@ pub mod config;
 pub mod hub;
 pub mod limit;
 pub mod metrics;
+pub mod pacer;
 pub mod proxy;
 pub mod server;
 pub mod socket;

@@ -22,6 +22,7 @@ use crate::channel::Channel;
 use crate::client::BackendClient;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ResyncCause, UpstreamFailure};
+use crate::pacer::Pacer;
 use crate::translate::{self, Rules, Translation, Trigger};
 use crate::watermark::Watermarks;
 
@@ -249,6 +250,7 @@ pub struct Upstream {
     settings: UpstreamSettings,
     watermarks: Option<Watermarks>,
     metrics: Metrics,
+    pacer: Pacer,
 }
 
 impl Upstream {
@@ -265,7 +267,15 @@ impl Upstream {
             settings,
             watermarks,
             metrics: Metrics::default(),
+            pacer: Pacer::new(0),
         }
+    }
+
+    /// Pace connect attempts of all users together to `per_second`
+    /// (default: unpaced).
+    pub fn with_connect_rate(mut self, per_second: u32) -> Self {
+        self.pacer = Pacer::new(per_second);
+        self
     }
 
     /// The handle through which the rules can be replaced while running.
@@ -299,7 +309,10 @@ impl Upstream {
             };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
-                r = self.connector.connect(req) => r,
+                r = async {
+                    self.pacer.wait().await;
+                    self.connector.connect(req).await
+                } => r,
             };
             match result {
                 Ok(stream) => {

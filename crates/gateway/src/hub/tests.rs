@@ -453,3 +453,68 @@ async fn concurrent_subscribe_unsubscribe_races() {
     }
     assert!(hub.upstreams_started() >= 3);
 }
+
+/// A backend restart drops every user's stream at once: the reconnects reach
+/// the backend at the configured pace, not all in the same instant, and
+/// every user is back.
+#[tokio::test(start_paused = true)]
+async fn reconnect_storm_is_paced_across_users() {
+    const USERS: usize = 3000;
+    const RATE: u32 = 1000;
+    let script = Arc::new(Script::default());
+    let upstream = Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(Rules::default()),
+        settings(),
+        None,
+    )
+    .with_connect_rate(RATE);
+    let hub = Hub::new(
+        HubSettings {
+            grace: GRACE,
+            ring_size: 8,
+            broadcast_buffer: 8,
+            max_tabs_per_user: 1,
+            max_total_tabs: USERS,
+        },
+        upstream,
+    );
+    let tabs: Vec<_> = (0..USERS)
+        .map(|i| hub.subscribe(&format!("user{i}"), "c").expect("tab"))
+        .collect();
+    // The first connects are paced too; let them all happen.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(script.call_count(), USERS);
+    let before = script.call_count();
+    // The restart: every stream ends at the same moment.
+    let dropped_at = Instant::now();
+    script.streams.lock().expect("lock").clear();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle().await;
+    let calls = script.calls();
+    let storm: Vec<Instant> = calls[before..].iter().map(|(t, _)| *t).collect();
+    assert_eq!(storm.len(), USERS, "every user reconnected");
+    let mut sorted = storm.clone();
+    sorted.sort();
+    let peak = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            sorted[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    // rate + a burst of a tenth of a second's worth (+1 for the window edge).
+    assert!(peak <= 1101, "{peak} reconnects in one second");
+    let last = *sorted.last().expect("calls");
+    assert!(
+        last - dropped_at < Duration::from_secs(4),
+        "{:?}",
+        last - dropped_at
+    );
+    drop(tabs);
+}
