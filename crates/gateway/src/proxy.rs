@@ -215,7 +215,8 @@ impl Proxy {
             scheme,
             inner.max_request_body,
         ) {
-            tracing::debug!(reason = %reject, method = %parts.method, uri = %parts.uri, "request refused");
+            // Path only: a query string may carry tokens, which must never be logged.
+            tracing::debug!(reason = %reject, method = %parts.method, path = %parts.uri.path(), "request refused");
             return reject.response();
         }
 

@@ -10,7 +10,6 @@
 //! - `read-watermark-changed` to the reader: `{"peer":<peer>,"rowId":N}`
 //! - `resync` (stream-local, when `Last-Event-ID` cannot be served): `{}`
 
-mod assets;
 mod backend;
 mod chat;
 mod feed;
@@ -22,6 +21,5 @@ mod ui;
 mod users;
 mod wire;
 
-pub use assets::{WEB_DIR_ENV, web_dir};
 pub use backend::{MockBackend, MockConfig};
 pub use users::{DEMO_USERS, is_valid_user};

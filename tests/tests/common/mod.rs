@@ -248,3 +248,219 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// One step of a scripted upstream events response.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Write these bytes (flushed; with `TCP_NODELAY` they leave at once).
+    Write(Vec<u8>),
+    /// Write each byte separately, pausing between them.
+    Dribble(Vec<u8>, Duration),
+    /// Pause.
+    Sleep(Duration),
+    /// Keep the connection open until the peer closes it.
+    Hold,
+}
+
+/// A raw-TCP backend whose `/api/v1/events` answers are scripted byte by
+/// byte, for upstream misbehaviour the mock backend cannot produce. `/api/v1/me`
+/// answers `{"id": <cookie's session value>}`; anything else gets 404. Every
+/// response but the scripted one closes its connection.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    /// `Last-Event-ID` (or None) of each events request, in order.
+    pub event_requests: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    /// Scripted events connections currently open.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The script: the events response (head and body) for the n-th events
+/// request (0-based).
+pub type Script = Arc<dyn Fn(usize) -> Vec<Step> + Send + Sync>;
+
+/// A standard SSE response head.
+pub const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n";
+
+impl ScriptedBackend {
+    pub async fn start(script: Script) -> ScriptedBackend {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let event_requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (reqs, open2) = (event_requests.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let _ = sock.set_nodelay(true);
+                let (script, reqs, open) = (script.clone(), reqs.clone(), open2.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let header = |name: &str| {
+                        text.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_string())
+                        })
+                    };
+                    if path == "/api/v1/me" {
+                        let user = header("cookie")
+                            .and_then(|c| {
+                                c.split(';').find_map(|kv| {
+                                    kv.trim().strip_prefix("session=").map(str::to_string)
+                                })
+                            })
+                            .unwrap_or_default();
+                        let resp = if user.is_empty() {
+                            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                        } else {
+                            let body = serde_json::json!({ "id": user }).to_string();
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        };
+                        let _ = sock.write_all(resp.as_bytes()).await;
+                        return;
+                    }
+                    if path != "/api/v1/events" {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let n = {
+                        let mut r = reqs.lock().unwrap_or_else(|p| p.into_inner());
+                        r.push(header("last-event-id"));
+                        r.len() - 1
+                    };
+                    open.fetch_add(1, Ordering::SeqCst);
+                    for step in script(n) {
+                        let ok = match step {
+                            Step::Write(b) => sock.write_all(&b).await.is_ok(),
+                            Step::Dribble(b, pause) => {
+                                let mut ok = true;
+                                for byte in b {
+                                    if sock.write_all(&[byte]).await.is_err() {
+                                        ok = false;
+                                        break;
+                                    }
+                                    tokio::time::sleep(pause).await;
+                                }
+                                ok
+                            }
+                            Step::Sleep(d) => {
+                                tokio::time::sleep(d).await;
+                                true
+                            }
+                            Step::Hold => {
+                                // Until the gateway closes its side.
+                                loop {
+                                    match sock.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(_) => {}
+                                    }
+                                }
+                                false
+                            }
+                        };
+                        if !ok {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        ScriptedBackend {
+            addr,
+            event_requests,
+            open,
+            task,
+        }
+    }
+
+    /// Events requests received so far.
+    pub fn event_request_count(&self) -> usize {
+        self.event_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// A gateway in front of this backend (default config + `overrides`).
+    pub async fn gateway(&self, overrides: &[&str]) -> (Arc<Gateway>, SocketAddr) {
+        let mut sets = vec![format!("backend=http://{}", self.addr)];
+        sets.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
+        let gateway = Gateway::new(cfg).expect("gateway");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(gateway.clone().serve(listener));
+        (gateway, addr)
+    }
+}
+
+/// Poll `cond` until it holds or `wait` passes; returns whether it held.
+pub async fn eventually(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An SSE event as upstream bytes.
+pub fn sse(id: &str, event: &str, data: &str) -> Vec<u8> {
+    format!("id: {id}\nevent: {event}\ndata: {data}\n\n").into_bytes()
+}
+
+impl Env {
+    /// Start both with a configuration file's text (e.g. translation rules,
+    /// which are file-only) plus `overrides`.
+    pub async fn start_with_file(toml: &str, overrides: &[&str]) -> Env {
+        let backend = MockBackend::start(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("mock backend");
+        Self::start_for_with_file(backend, toml, overrides).await
+    }
+
+    /// [`Env::start_with_file`] in front of an existing backend.
+    pub async fn start_for_with_file(backend: MockBackend, toml: &str, overrides: &[&str]) -> Env {
+        let mut sets = vec![format!("backend={}", backend.url())];
+        sets.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = Config::from_parts(toml, Vec::new(), &sets).expect("config");
+        let gateway = Gateway::new(cfg).expect("gateway");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(gateway.clone().serve(listener));
+        Env {
+            backend,
+            gateway,
+            addr,
+        }
+    }
+}
