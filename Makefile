@@ -4,19 +4,43 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build run test test-rust test-deps lint fmt clippy clean
+.PHONY: all build run test test-rust test-deps lint fmt clippy clean web deps-browser screenshot
 
 all: build
 
-build:
+build: web
 	$(CARGO) build --release -p ssemux
+
+## Browser assets of the demo chat page (htmx 2, htmx-ext-sse, htmx 4) from
+## the committed lockfile; the mock backend serves them from disk at runtime,
+## so cargo never needs npm. Re-runs only when the lockfile changes.
+WEB_DIR := crates/mock-upstream/web
+web: $(WEB_DIR)/node_modules/.package-lock.json
+
+$(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund
+	@touch $@
 
 ## The demo: mock chat backend + gateway on loopback; prints the URL.
 run: build
 	./target/release/ssemux demo
 
 ## Every test: formatting, lints, unit and integration tests.
-test: lint test-deps test-rust
+test: lint test-deps deps-browser test-rust
+
+## Headless Chromium + chromedriver for tests/tests/browser.rs, and the page
+## assets. Idempotent: installs only when /usr/bin/chromium is missing.
+deps-browser: web
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver for tests/tests/browser.rs"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+## Re-take docs/screenshot.png (the README picture) from the browser test.
+screenshot: deps-browser
+	SSEMUX_UPDATE_SCREENSHOT=1 $(CARGO) test -p ssemux-tests --test browser readme_screenshot
 
 ## What integration tests need besides cargo: nginx (scale-out test).
 ## Idempotent: skips when already installed; uses sudo only if not root.

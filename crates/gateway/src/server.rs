@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::{Auth, AuthError, AuthSettings, Identity};
 use crate::body::{self, Body};
@@ -25,10 +27,12 @@ use crate::client::{BackendClient, ClientConfig, backend_client};
 use crate::config::Config;
 use crate::hub::{Hub, HubError, HubSettings};
 use crate::limit::{self, ConnectLimiter};
+use crate::metrics::{Metrics, ResyncCause, Sample};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::socket::WriteDeadline;
 use crate::tab::{self, TabHold, TabSettings};
-use crate::upstream::{HttpConnector, Upstream, UpstreamSettings};
+use crate::tls::TlsAcceptor;
+use crate::upstream::{HttpConnector, SharedRules, Upstream, UpstreamSettings};
 use crate::watermark::{self, Watermarks};
 
 /// Largest read-watermark request body ssemux inspects.
@@ -43,6 +47,19 @@ pub enum GatewayError {
     /// The backend client could not be built (TLS roots, CA file).
     #[error("backend client: {0}")]
     Client(String),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// What a configuration reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Sections applied to the running gateway.
+    pub applied: Vec<&'static str>,
+    /// Sections that differ from the running ones but only take effect on
+    /// restart.
+    pub need_restart: Vec<&'static str>,
 }
 
 /// One running gateway: every part, wired.
@@ -54,6 +71,18 @@ pub struct Gateway {
     watermarks: Watermarks,
     connects: ConnectLimiter,
     shutdown: CancellationToken,
+    metrics: Metrics,
+    /// The rules the upstream tasks translate with (swapped on reload).
+    rules: SharedRules,
+    /// The configuration last applied (startup, then reloads).
+    live: std::sync::Mutex<Config>,
+    tls: Option<TlsAcceptor>,
+    /// `https` with TLS, for X-Forwarded-Proto.
+    scheme: &'static str,
+    /// Set once [`Gateway::serve`] holds its listener.
+    listening: AtomicBool,
+    /// Used by the readiness probe.
+    client: BackendClient,
 }
 
 impl Gateway {
@@ -77,18 +106,26 @@ impl Gateway {
             cfg.backend_url(&cfg.upstream.events_path)?,
             cfg.upstream.response_timeout.0,
         );
+        let metrics = Metrics::new();
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let upstream = Upstream::new(
             Arc::new(connector),
             Arc::new(cfg.translate.clone()),
             UpstreamSettings::from(&cfg.upstream),
             Some(watermarks.clone()),
-        );
+        )
+        .with_metrics(metrics.clone());
+        let rules = upstream.rules_handle();
         let hub = Hub::new(HubSettings::from(&cfg.hub), upstream);
         let auth = Auth::new(
             client.clone(),
             cfg.backend_url(&cfg.auth.me_path)?,
             AuthSettings::from(&cfg.auth),
-        );
+        )
+        .with_metrics(metrics.clone());
         let backend = cfg.backend_url("/")?;
         let proxy = Proxy::new(
             ProxyConfig {
@@ -96,10 +133,17 @@ impl Gateway {
                 max_request_body: cfg.proxy.max_request_body,
                 response_timeout: cfg.proxy.response_timeout.0,
             },
-            client,
+            client.clone(),
         );
         Ok(Arc::new(Gateway {
             connects: ConnectLimiter::new(cfg.server.events_connects_per_second),
+            live: std::sync::Mutex::new(cfg.clone()),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
+            metrics,
+            rules,
+            listening: AtomicBool::new(false),
+            client,
             cfg,
             hub,
             auth,
@@ -124,6 +168,105 @@ impl Gateway {
         self.shutdown.clone()
     }
 
+    /// This gateway's metrics handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition, with the hub and watermark values
+    /// sampled now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(Sample {
+            tabs: self.hub.total_tabs(),
+            channels: self.hub.channels(),
+            channels_in_grace: self.hub.channels_in_grace(),
+            watermark_advances: self.watermarks.advances(),
+            watermark_failures: self.watermarks.failures(),
+        })
+    }
+
+    /// Apply a new configuration to the running gateway: the translation
+    /// rules take effect for the next upstream event; open streams keep
+    /// running. Sections that cannot change at run time are reported, not
+    /// applied. A configuration that does not validate changes nothing.
+    pub fn reload(&self, new: &Config) -> Result<Reloaded, crate::config::ConfigError> {
+        new.validate()?;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Reloaded::default();
+        if new.translate != live.translate {
+            *self.rules.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(new.translate.clone());
+            live.translate = new.translate.clone();
+            out.applied.push("translate");
+        }
+        let l = &*live;
+        for (section, same) in [
+            ("listen", new.listen == l.listen),
+            ("backend", new.backend == l.backend),
+            ("events_path", new.events_path == l.events_path),
+            ("auth", new.auth == l.auth),
+            ("upstream", new.upstream == l.upstream),
+            ("hub", new.hub == l.hub),
+            ("watermark", new.watermark == l.watermark),
+            ("proxy", new.proxy == l.proxy),
+            ("server", new.server == l.server),
+            ("tls", new.tls == l.tls),
+            ("admin", new.admin == l.admin),
+        ] {
+            if !same {
+                out.need_restart.push(section);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The admin endpoints (metrics, liveness, readiness), if `path` is one.
+    pub async fn admin(&self, path: &str) -> Option<Response<Body>> {
+        let a = &self.cfg.admin;
+        if path == a.metrics_path {
+            let mut r = Response::new(body::full(Bytes::from(self.metrics_text())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return Some(r);
+        }
+        if path == a.healthz_path {
+            return Some(body::text(StatusCode::OK, "ok"));
+        }
+        if path == a.readyz_path {
+            return Some(match self.not_ready().await {
+                None => body::text(StatusCode::OK, "ready"),
+                Some(why) => body::text(StatusCode::SERVICE_UNAVAILABLE, why),
+            });
+        }
+        None
+    }
+
+    /// Why this instance should get no new traffic, if it should not:
+    /// draining, not listening yet, or the backend not answering at all (any
+    /// HTTP answer, even 401, means it is reachable).
+    async fn not_ready(&self) -> Option<&'static str> {
+        if self.shutdown.is_cancelled() {
+            return Some("draining");
+        }
+        if !self.listening.load(Ordering::Acquire) {
+            return Some("not listening");
+        }
+        let Ok(url) = self.cfg.backend_url(&self.cfg.auth.me_path) else {
+            return Some("backend misconfigured");
+        };
+        let Ok(req) = Request::get(url).body(body::empty()) else {
+            return Some("backend misconfigured");
+        };
+        match tokio::time::timeout(self.cfg.auth.timeout.0, self.client.request(req)).await {
+            Ok(Ok(_)) => None,
+            _ => Some("backend unreachable"),
+        }
+    }
+
     /// Route one request.
     pub async fn handle(
         self: &Arc<Self>,
@@ -134,12 +277,20 @@ impl Gateway {
         if path == self.cfg.events_path {
             return self.events(req, peer).await;
         }
+        if self.cfg.admin.listen.is_none()
+            && let Some(r) = self.admin(path).await
+        {
+            return r;
+        }
         if path == self.cfg.watermark.read_path
             && (req.method() == Method::POST || req.method() == Method::DELETE)
         {
             return self.read(req, peer).await;
         }
-        self.proxy.forward(req, peer, "http").await
+        let started = tokio::time::Instant::now();
+        let resp = self.proxy.forward(req, peer, self.scheme).await;
+        self.metrics.proxied(resp.status(), started.elapsed());
+        resp
     }
 
     async fn identify(&self, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
@@ -220,9 +371,21 @@ impl Gateway {
         };
         let mark = self.watermarks.tab_opened(&id.user, &tab_key(tab, &id));
         let attach = subscription.channel().attach(last_event_id.as_deref());
+        if attach.resync.is_some() {
+            let same_epoch = last_event_id
+                .as_deref()
+                .and_then(|l| l.trim().rsplit_once('-'))
+                .is_some_and(|(epoch, _)| epoch == subscription.channel().epoch());
+            self.metrics.resync(if same_epoch {
+                ResyncCause::RingMiss
+            } else {
+                ResyncCause::Epoch
+            });
+        }
         let settings = TabSettings {
             keepalive: self.cfg.hub.keepalive.0,
             retry_ms: self.retry_ms(),
+            metrics: self.metrics.clone(),
         };
         let hold = TabHold {
             subscription,
@@ -246,7 +409,7 @@ impl Gateway {
         let id = match self.identify(&req).await {
             Ok(id) => id,
             // Let the backend give its own answer to an unknown user.
-            Err(_) => return self.proxy.forward(req, peer, "http").await,
+            Err(_) => return self.proxy.forward(req, peer, self.scheme).await,
         };
         let tab = match req.headers().get("x-tab-id").map(|v| v.to_str()) {
             None => None,
@@ -272,7 +435,7 @@ impl Gateway {
             return no_content();
         }
         let req = Request::from_parts(parts, body::full(bytes));
-        let resp = self.proxy.forward(req, peer, "http").await;
+        let resp = self.proxy.forward(req, peer, self.scheme).await;
         if let (true, Some(ReadBody::Peer(p, row))) = (resp.status().is_success(), read) {
             self.watermarks.set_active(&id.user, &key, &p, row);
         }
@@ -290,6 +453,13 @@ impl Gateway {
             .timer(TokioTimer::new())
             .header_read_timeout(self.cfg.server.header_read_timeout.0);
         let write_timeout = self.cfg.server.write_timeout.0;
+        // The admin listener outlives the drain so /readyz can say 503.
+        let admin_stop = CancellationToken::new();
+        if let Some(addr) = self.cfg.admin.listen {
+            let admin = TcpListener::bind(addr).await?;
+            tokio::spawn(self.clone().serve_admin(admin, admin_stop.clone()));
+        }
+        self.listening.store(true, Ordering::Release);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -304,18 +474,20 @@ impl Gateway {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let gw = self.clone();
-            let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(WriteDeadline::new(stream, write_timeout)), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let io = WriteDeadline::new(stream, write_timeout);
+            let Some(acceptor) = self.tls.clone() else {
+                self.spawn_conn(&builder, graceful.watcher(), TokioIo::new(io), peer);
+                continue;
+            };
+            // The handshake runs in its own task so a slow client cannot
+            // hold up accepting; it gets the same deadline as a request head.
+            let (gw, builder, watcher) = (self.clone(), builder.clone(), graceful.watcher());
+            let limit = self.cfg.server.header_read_timeout.0;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with error");
+                match tokio::time::timeout(limit, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => gw.spawn_conn(&builder, watcher, TokioIo::new(tls), peer),
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                 }
             });
         }
@@ -328,8 +500,120 @@ impl Gateway {
         {
             tracing::warn!(?drain, "drain timeout passed with requests still open");
         }
+        admin_stop.cancel();
         Ok(())
     }
+
+    /// Serve one accepted connection (plain or TLS) until it ends. Every
+    /// request runs in a span carrying its request id, so each log line of
+    /// the request names it.
+    fn spawn_conn<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let gw = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let gw = gw.clone();
+            let rid = request_id(&req);
+            // Path only: queries may carry ids, never log header values.
+            let span = tracing::info_span!(
+                "request",
+                id = %rid,
+                method = %req.method(),
+                path = %req.uri().path(),
+            );
+            async move {
+                let mut resp = gw.handle(req, peer).await;
+                if let Ok(v) = HeaderValue::from_str(&rid) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
+                Ok::<_, Infallible>(resp)
+            }
+            .instrument(span)
+        });
+        let conn = builder.serve_connection(io, svc).into_owned();
+        let conn = watcher.watch(conn);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if is_write_stall(&*e) {
+                    metrics.slow_tab_cut();
+                    tracing::info!(%peer, "connection cut: peer stopped reading");
+                } else {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+            }
+        });
+    }
+
+    /// The separate admin listener: metrics, liveness, readiness only.
+    async fn serve_admin(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let gw = self.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let gw = gw.clone();
+                async move {
+                    let resp = match gw.admin(req.uri().path()).await {
+                        Some(r) => r,
+                        None => body::text(StatusCode::NOT_FOUND, "not found"),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.cfg.server.header_read_timeout.0)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    }
+}
+
+/// The request's id: a sane `X-Request-Id` from the proxy in front (so one
+/// id follows the request through nginx and ssemux), else a fresh one.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_string)
+}
+
+/// Whether a connection error is the write deadline cutting a stalled peer.
+fn is_write_stall(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A `200 text/event-stream` response around `body`.

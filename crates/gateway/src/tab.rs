@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{Body, BoxError};
 use crate::channel::Attach;
 use crate::hub::Subscription;
+use crate::metrics::{Metrics, ResyncCause};
 use crate::translate;
 use crate::watermark::TabMarkGuard;
 
@@ -27,6 +28,8 @@ pub struct TabSettings {
     pub keepalive: Duration,
     /// `retry:` hint sent first, in milliseconds (jitter already applied).
     pub retry_ms: u64,
+    /// Where deliveries and lag resyncs are counted.
+    pub metrics: Metrics,
 }
 
 fn keepalive_frame() -> Bytes {
@@ -76,6 +79,9 @@ pub fn stream(
     let mut pending = VecDeque::with_capacity(attach.replay.len() + 2);
     pending.push_back(ssemux_sse::encode_retry(settings.retry_ms));
     pending.extend(attach.resync);
+    settings
+        .metrics
+        .triggers_delivered(attach.replay.len() as u64);
     pending.extend(attach.replay);
     let state = TabState {
         pending,
@@ -102,8 +108,12 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
     match recv {
         Err(_) => Some((keepalive_frame(), st)),
         Ok(Ok(frame)) if frame.close => None,
-        Ok(Ok(frame)) => Some((frame.bytes, st)),
+        Ok(Ok(frame)) => {
+            st.settings.metrics.triggers_delivered(1);
+            Some((frame.bytes, st))
+        }
         Ok(Err(RecvError::Lagged(n))) => {
+            st.settings.metrics.resync(ResyncCause::Lag);
             st.lagged += n;
             tracing::debug!(missed = n, "tab fell behind; sending resync");
             Some((lag_resync_frame(), st))

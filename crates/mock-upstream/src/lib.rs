@@ -10,6 +10,7 @@
 //! - `read-watermark-changed` to the reader: `{"peer":<peer>,"rowId":N}`
 //! - `resync` (stream-local, when `Last-Event-ID` cannot be served): `{}`
 
+mod assets;
 mod backend;
 mod chat;
 mod feed;
@@ -21,5 +22,6 @@ mod ui;
 mod users;
 mod wire;
 
+pub use assets::{WEB_DIR_ENV, web_dir};
 pub use backend::{MockBackend, MockConfig};
 pub use users::{DEMO_USERS, is_valid_user};

@@ -16,6 +16,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use serde_json::{Value, json};
 
+use crate::assets::{self, Asset};
 use crate::state::State;
 use crate::stream::EventStream;
 use crate::ui;
@@ -89,9 +90,9 @@ where
         return admin(&state, req, &path).await;
     }
     match (method, path.as_str()) {
-        (Method::GET, "/") => index(&state, req.headers()),
+        (Method::GET, "/") => index(&state, req.headers(), flavor(&req)),
         (Method::POST, "/login") => login(&state, req).await,
-        (Method::POST, "/logout") => logout(&state, req.headers()),
+        (Method::POST, "/logout") => logout(&state, req.headers(), flavor(&req)),
         (Method::GET, "/api/v1/me") => match session_user(&state, req.headers()) {
             Some(user) => json_res(StatusCode::OK, &json!({ "id": user })),
             None => unauthorized(),
@@ -100,12 +101,16 @@ where
         (Method::POST, "/api/v1/messages") => send_message(&state, req).await,
         (Method::POST, "/api/v1/contacts/read") => mark_read(&state, req).await,
         (Method::GET, "/fragments/sidebar") => match session_user(&state, req.headers()) {
-            Some(me) => html(sidebar_html(&state, &me)),
+            Some(me) => html(sidebar_html(&state, &me, flavor(&req))),
             None => unauthorized(),
         },
-        (Method::GET, p) if p.starts_with("/fragments/thread/") => {
-            thread(&state, req.headers(), &p["/fragments/thread/".len()..])
-        }
+        (Method::GET, p) if p.starts_with("/fragments/thread/") => thread(
+            &state,
+            req.headers(),
+            &p["/fragments/thread/".len()..],
+            flavor(&req),
+        ),
+        (Method::GET, p) if p.starts_with("/static/") => static_asset(&p["/static/".len()..]).await,
         (
             _,
             "/"
@@ -254,7 +259,9 @@ where
         return text(StatusCode::INTERNAL_SERVER_ERROR, "bad session token");
     };
     let mut res = if input.is_form() {
-        see_other("/")
+        // The sign-in form carries the page's htmx flavour so the redirect
+        // lands on the same one.
+        see_other(home(ui::Flavor::from_param(input.str("htmx"))))
     } else {
         json_res(StatusCode::OK, &json!({ "id": user }))
     };
@@ -262,12 +269,12 @@ where
     res
 }
 
-fn logout(state: &State, headers: &HeaderMap) -> Res {
+fn logout(state: &State, headers: &HeaderMap, flavor: ui::Flavor) -> Res {
     if let Some(token) = session_token(headers) {
         state.revoke_session(token);
     }
     let mut res = if is_form(headers) {
-        see_other("/")
+        see_other(home(flavor))
     } else {
         json_res(StatusCode::OK, &json!({}))
     };
@@ -355,36 +362,89 @@ fn sidebar_contacts(state: &State, me: &str) -> Vec<(&'static str, usize)> {
     state.with_chat(|chat| contacts_of(me).map(|p| (p, chat.unread(me, p))).collect())
 }
 
-fn sidebar_html(state: &State, me: &str) -> String {
+fn sidebar_html(state: &State, me: &str, flavor: ui::Flavor) -> String {
     let counts = sidebar_contacts(state, me);
     let contacts: Vec<ui::Contact<'_>> = counts
         .iter()
         .map(|&(peer, unread)| ui::Contact { peer, unread })
         .collect();
-    ui::sidebar(&contacts)
+    ui::sidebar(flavor, &contacts)
 }
 
-fn index(state: &State, headers: &HeaderMap) -> Res {
+fn index(state: &State, headers: &HeaderMap, flavor: ui::Flavor) -> Res {
     let Some(me) = session_user(state, headers) else {
-        return html(ui::login_page());
+        return html(ui::login_page(flavor));
     };
     let counts = sidebar_contacts(state, &me);
     let contacts: Vec<ui::Contact<'_>> = counts
         .iter()
         .map(|&(peer, unread)| ui::Contact { peer, unread })
         .collect();
-    html(ui::app_page(&me, &contacts))
+    // One id per page load: the gateway keys the tab's open thread by it.
+    let tab = format!("{:016x}", fastrand::u64(..));
+    html(ui::app_page(flavor, &me, &tab, &contacts))
 }
 
-fn thread(state: &State, headers: &HeaderMap, raw_peer: &str) -> Res {
+fn thread(state: &State, headers: &HeaderMap, raw_peer: &str, flavor: ui::Flavor) -> Res {
     let Some(me) = session_user(state, headers) else {
         return unauthorized();
     };
     let Some(peer) = percent_decode(raw_peer).filter(|p| is_valid_user(p)) else {
         return bad_request("unknown peer");
     };
-    let body = state.with_chat(|chat| ui::thread(&me, &peer, chat.thread(&me, &peer)));
+    let body = state.with_chat(|chat| {
+        ui::thread(
+            flavor,
+            &ui::ThreadView {
+                me: &me,
+                peer: &peer,
+                messages: chat.thread(&me, &peer),
+                my_watermark: chat.watermark(&me, &peer),
+                peer_watermark: chat.watermark(&peer, &me),
+            },
+        )
+    });
     html(body)
+}
+
+/// The htmx flavour a page or fragment request asks for (`?htmx=4`); a
+/// malformed query just means the default.
+fn flavor<B>(req: &Request<B>) -> ui::Flavor {
+    let q = parse_pairs(req.uri().query().unwrap_or("")).unwrap_or_default();
+    ui::Flavor::from_param(pair(&q, "htmx"))
+}
+
+/// Where sign-in and sign-out land.
+fn home(flavor: ui::Flavor) -> &'static str {
+    match flavor {
+        ui::Flavor::Htmx2 => "/",
+        ui::Flavor::Htmx4 => "/?htmx=4",
+    }
+}
+
+/// `GET /static/<name>`: one of the UI's fixed assets, read from disk off
+/// the async threads.
+async fn static_asset(name: &str) -> Res {
+    let name = name.to_owned();
+    let asset = match tokio::task::spawn_blocking(move || assets::load(&name)).await {
+        Ok(a) => a,
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "asset read failed"),
+    };
+    match asset {
+        Asset::Found(bytes, ctype) => {
+            let mut res = respond(StatusCode::OK, ctype, bytes);
+            res.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            res
+        }
+        Asset::Unknown => text(StatusCode::NOT_FOUND, "not found"),
+        Asset::Missing(why) => respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", why),
+        Asset::Unreadable(why) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            why,
+        ),
+    }
 }
 
 fn query(req: &Request<impl Body>) -> Result<Vec<(String, String)>, Reject> {

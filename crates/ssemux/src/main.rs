@@ -225,7 +225,15 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
     println!();
     println!("  ssemux demo");
     println!("  open   http://{listen}/   and log in as alice, bob or carol");
+    println!("         http://{listen}/?htmx=4   is the same page on htmx 4");
     println!("         (use a second browser profile or private window for a second user)");
+    let web = ssemux_mock_upstream::web_dir();
+    if !web.join("node_modules").is_dir() {
+        println!(
+            "  NOTE   the page's htmx files are not installed ({} is missing): run `make web`",
+            web.join("node_modules").display()
+        );
+    }
     println!("  curl:  curl -c jar -d user=alice http://{listen}/login");
     println!("         curl -b jar -N http://{listen}/events");
     println!("  mock backend at {}", backend.url());

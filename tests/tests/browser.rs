@@ -1,0 +1,643 @@
+//! End to end in headless Chromium: the mock backend's chat page, opened
+//! through the gateway, on htmx 2 (`htmx-ext-sse`) and on htmx 4 (`hx-sse`).
+//! Every scenario runs on both.
+//!
+//! Latencies are measured inside the page: a `MutationObserver` stamps
+//! `Date.now()` the moment the expected DOM appears, and the test compares it
+//! with the wall clock it read just before acting (same machine, same
+//! clock), so polling overhead never counts against the 1 s budget.
+//!
+//! Browsers are heavy on a small machine, so the scenarios take turns (one
+//! lock for the file). Each saves screenshots under `target/browser-shots/`;
+//! a failing one also saves the page state as `*-FAILED.png` and prints the
+//! console. `SSEMUX_UPDATE_SCREENSHOT=1` copies the README picture to
+//! `docs/screenshot.png`.
+
+mod common;
+#[path = "browser/driver.rs"]
+mod driver;
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Env;
+use driver::{Driver, Session, Window};
+use http::StatusCode;
+use serde_json::json;
+
+/// The product requirement: a change is on screen within this of the send.
+const BUDGET_MS: i64 = 1000;
+/// Deadline for things that are not latency claims (logins, reconnects).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One browser scenario at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn shots_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/browser-shots"
+    ))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Which page a scenario runs on.
+#[derive(Clone, Copy, Debug)]
+enum Htmx {
+    V2,
+    V4,
+}
+
+impl Htmx {
+    fn home(self) -> &'static str {
+        match self {
+            Htmx::V2 => "/",
+            Htmx::V4 => "/?htmx=4",
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Htmx::V2 => "htmx2",
+            Htmx::V4 => "htmx4",
+        }
+    }
+}
+
+/// A scenario's world: servers on a multi-thread runtime (they keep running
+/// while the test thread blocks on WebDriver) and chromedriver.
+struct World {
+    rt: tokio::runtime::Runtime,
+    env: Env,
+    driver: Driver,
+    name: String,
+    htmx: Htmx,
+    /// Windows to photograph on failure, with a label.
+    windows: Vec<(String, usize, Window)>,
+    sessions: Vec<Session>,
+}
+
+impl World {
+    fn base(&self) -> String {
+        format!("http://{}", self.env.addr)
+    }
+
+    /// A new browser signed in as `user` through the sign-in form; returns
+    /// its index in `sessions`.
+    fn browser(&mut self, user: &str) -> usize {
+        let s = self.driver.session();
+        let w = s.current_window();
+        self.sessions.push(s);
+        let i = self.sessions.len() - 1;
+        self.windows.push((format!("{user}-1"), i, w));
+        let s = &self.sessions[i];
+        s.goto(&format!("{}{}", self.base(), self.htmx.home()));
+        sign_in(s, user);
+        i
+    }
+
+    /// A second window of session `i`, on the chat page.
+    fn another_window(&mut self, i: usize, label: &str) -> Window {
+        let url = format!("{}{}", self.base(), self.htmx.home());
+        let s = &self.sessions[i];
+        let w = s.new_window();
+        self.windows.push((label.to_string(), i, w.clone()));
+        s.goto(&url);
+        wait_connected(s);
+        w
+    }
+
+    fn on(&self, i: usize, w: &Window) -> &Session {
+        let s = &self.sessions[i];
+        s.switch_to(w);
+        s
+    }
+
+    fn shoot(&self, suffix: &str) {
+        for (label, i, w) in &self.windows {
+            let s = &self.sessions[*i];
+            s.switch_to(w);
+            s.screenshot(&shots_dir().join(format!(
+                "{}-{}-{label}{suffix}.png",
+                self.name,
+                self.htmx.tag()
+            )));
+        }
+    }
+}
+
+/// Runs one scenario with the file's lock held; on failure saves
+/// screenshots and the console of every window before re-panicking.
+fn scenario(name: &str, htmx: Htmx, overrides: &[&str], body: impl FnOnce(&mut World)) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    if std::env::var_os("SSEMUX_SKIP_BROWSER").is_some() {
+        eprintln!("!!! SSEMUX_SKIP_BROWSER is set: browser scenario {name} NOT RUN");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let env = rt.block_on(Env::start(overrides));
+    let mut world = World {
+        rt,
+        env,
+        driver: Driver::start(),
+        name: name.to_string(),
+        htmx,
+        windows: Vec::new(),
+        sessions: Vec::new(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| body(&mut world)));
+    match result {
+        Ok(()) => world.shoot(""),
+        Err(e) => {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                world.shoot("-FAILED");
+                for (label, i, w) in &world.windows {
+                    let s = &world.sessions[*i];
+                    s.switch_to(w);
+                    let badge = s.js("return window.ssemuxBadgeLog || null", vec![]);
+                    eprintln!("--- {label}: badge history {badge}");
+                }
+                for (i, s) in world.sessions.iter().enumerate() {
+                    eprintln!("--- browser {i} console:\n{}", s.console().join("\n"));
+                }
+            }));
+            resume_unwind(e)
+        }
+    }
+}
+
+fn sign_in(s: &Session, user: &str) {
+    s.wait_for(
+        "the sign-in form",
+        WAIT,
+        "return !!document.querySelector('form.login input[name=user]')",
+    );
+    s.type_into("form.login input[name=user]", user);
+    s.click("form.login button[type=submit]");
+    wait_connected(s);
+    let who = s.js(
+        "return document.querySelector('header.me').dataset.user",
+        vec![],
+    );
+    assert_eq!(who, json!(user));
+}
+
+fn wait_connected(s: &Session) {
+    s.wait_for(
+        "the connection badge to turn green",
+        WAIT,
+        // Green, and the refresh every fresh stream starts with is done, so
+        // nothing is about to be replaced under the test's clicks.
+        "var b = document.getElementById('conn'); return !!b && b.dataset.state === 'connected' \
+         && !document.querySelector('#sidebar.htmx-request, .messages-box.htmx-request')",
+    );
+}
+
+/// Opens `peer`'s thread by clicking it in the sidebar.
+fn open_thread(s: &Session, peer: &str) {
+    // Clicked from the page: the contact list may be re-rendered at any
+    // moment, and a WebDriver element handle would go stale. A link htmx has
+    // not processed yet would navigate away instead, so wait for that (htmx
+    // 2 keeps its state in `htmx-internal-data`, htmx 4 in `_htmx`).
+    let link = format!("document.querySelector('#sidebar li[data-peer={peer}] a')");
+    s.wait_for(
+        "the contact link to be live",
+        WAIT,
+        &format!("var a = {link}; return !!a && !!(a['htmx-internal-data'] || a._htmx)"),
+    );
+    s.js(&format!("{link}.click(); return true;"), vec![]);
+    s.wait_for(
+        "the thread to open",
+        WAIT,
+        &format!(
+            "var m = document.getElementById('messages'); return !!m && m.dataset.peer === '{peer}'"
+        ),
+    );
+}
+
+/// Arms an in-page observer that stamps `window.__hit` with `Date.now()`
+/// the first time `cond` (a JS expression) holds.
+fn arm(s: &Session, cond: &str) {
+    s.js(
+        "var cond = new Function('return (' + arguments[0] + ')');\
+         window.__hit = null;\
+         var check = function () { if (window.__hit === null && cond()) window.__hit = Date.now(); };\
+         if (window.__obs) window.__obs.disconnect();\
+         window.__obs = new MutationObserver(check);\
+         window.__obs.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});\
+         check(); return window.__hit === null;",
+        vec![json!(cond)],
+    )
+    .as_bool()
+    .filter(|armed| *armed)
+    .unwrap_or_else(|| panic!("condition already true before acting: {cond}"));
+}
+
+/// Waits (bounded) for an armed observer to fire; returns ms since `since`.
+fn latency(s: &Session, since: i64, what: &str) -> i64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(at) = s.js("return window.__hit", vec![]).as_i64() {
+            return at - since;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn message_visible(text: &str) -> String {
+    format!(
+        "Array.from(document.querySelectorAll('#messages li .text')).some(function (e) {{ return e.textContent === {} }})",
+        json!(text)
+    )
+}
+
+fn unread_is(peer: &str, n: usize) -> String {
+    format!(
+        "(function () {{ var u = document.querySelector('#sidebar li[data-peer={peer}] .unread'); return !!u && u.dataset.unread === '{n}'; }})()"
+    )
+}
+
+// ---- scenarios ------------------------------------------------------------
+
+/// Two windows of alice, one of bob. Bob sends through his send box; both
+/// of alice's windows show it in the sidebar within 1 s, and the backend
+/// serves alice exactly one stream.
+fn two_tabs_see_a_message(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    let a2 = w.another_window(alice, "alice-2");
+    let bob = w.browser("bob");
+    let b1 = w.sessions[bob].current_window();
+    // Window 2 looks at carol; nobody of alice's has bob open, so the
+    // message must show up as unread in both sidebars.
+    open_thread(w.on(alice, &a2), "carol");
+    open_thread(w.on(bob, &b1), "alice");
+    for win in [&a1, &a2] {
+        arm(w.on(alice, win), &unread_is("bob", 1));
+    }
+    let b = w.on(bob, &b1);
+    b.type_into("#send input[name=text]", "hi alice, from bob");
+    let sent = now_ms();
+    b.click("#send button[type=submit]");
+    // The sender's own page learns of it through its stream as well.
+    b.wait_for(
+        "bob's own message in his thread",
+        WAIT,
+        &format!("return {}", message_visible("hi alice, from bob")),
+    );
+    let l1 = latency(w.on(alice, &a1), sent, "alice-1 unread badge");
+    let l2 = latency(w.on(alice, &a2), sent, "alice-2 unread badge");
+    eprintln!(
+        "[{}] bob → alice unread badge: window 1 {l1} ms, window 2 {l2} ms",
+        w.htmx.tag()
+    );
+    assert!(l1 <= BUDGET_MS, "alice-1 took {l1} ms");
+    assert!(l2 <= BUDGET_MS, "alice-2 took {l2} ms");
+    // Opening the thread shows it and clears the badge in both windows.
+    let s1 = w.on(alice, &a1);
+    open_thread(s1, "bob");
+    s1.wait_for(
+        "the message in alice's thread",
+        WAIT,
+        &format!("return {}", message_visible("hi alice, from bob")),
+    );
+    w.on(alice, &a2).wait_for(
+        "window 2's badge to clear after reading in window 1",
+        WAIT,
+        &format!("return {}", unread_is("bob", 0)),
+    );
+    assert_eq!(
+        w.env.backend.open_streams("alice"),
+        1,
+        "one upstream for alice"
+    );
+    assert_eq!(w.env.backend.open_streams("bob"), 1, "one upstream for bob");
+    assert_eq!(w.env.gateway.hub().tabs("alice"), 2);
+}
+
+/// Alice has bob's thread open in window 1: bob's message arrives already
+/// read — in window 1's thread, and in window 2's sidebar, which never
+/// shows it as unread, not even briefly.
+fn open_thread_reads_on_arrival(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    let a2 = w.another_window(alice, "alice-2");
+    open_thread(w.on(alice, &a1), "bob");
+    // Opening the thread posted a read that makes bob active for window 1;
+    // wait until the gateway knows rather than guessing how long it takes.
+    let gw = w.env.gateway.clone();
+    assert!(
+        w.rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                if gw
+                    .watermarks()
+                    .active_peers("alice")
+                    .iter()
+                    .any(|p| p == "bob")
+                {
+                    return true;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }),
+        "bob active for alice"
+    );
+    // Window 2 records every unread value bob's row ever shows, and how
+    // many times the sidebar was re-rendered.
+    w.on(alice, &a2).js(
+        "window.__seen = []; window.__renders = 0; var last = document.getElementById('contacts');\
+         new MutationObserver(function () {\
+           var c = document.getElementById('contacts');\
+           if (c && c !== last) { last = c; window.__renders++;\
+             window.__seen.push(c.querySelector('li[data-peer=bob] .unread').dataset.unread); }\
+         }).observe(document.body, {subtree: true, childList: true}); return true;",
+        vec![],
+    );
+    arm(
+        w.on(alice, &a1),
+        &format!(
+            "{} && document.querySelector('#messages li.in:last-child').dataset.read === '1'",
+            message_visible("read on arrival")
+        ),
+    );
+    let sent = now_ms();
+    let row = w
+        .env
+        .backend
+        .send_message("bob", "alice", "read on arrival");
+    let l1 = latency(w.on(alice, &a1), sent, "message shown as read in window 1");
+    eprintln!(
+        "[{}] bob → alice shown read in open thread: {l1} ms",
+        w.htmx.tag()
+    );
+    assert!(l1 <= BUDGET_MS, "window 1 took {l1} ms");
+    assert_eq!(w.env.backend.read_watermark("alice", "bob"), row);
+    let s2 = w.on(alice, &a2);
+    s2.wait_for(
+        "window 2's sidebar to re-render",
+        WAIT,
+        "return window.__renders >= 1",
+    );
+    let seen = s2.js("return window.__seen", vec![]);
+    assert!(
+        seen.as_array().is_some_and(|v| v.iter().all(|x| x == "0")),
+        "window 2 showed bob's message as unread at some point: {seen}"
+    );
+}
+
+/// Alice sends in window 1; window 2, with the same thread open, shows it
+/// within 1 s.
+fn send_in_one_tab_shows_in_other(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    let a2 = w.another_window(alice, "alice-2");
+    open_thread(w.on(alice, &a1), "bob");
+    open_thread(w.on(alice, &a2), "bob");
+    arm(w.on(alice, &a2), &message_visible("sent from window 1"));
+    let s1 = w.on(alice, &a1);
+    s1.type_into("#send input[name=text]", "sent from window 1");
+    let sent = now_ms();
+    s1.click("#send button[type=submit]");
+    let l2 = latency(w.on(alice, &a2), sent, "window 2 shows the message");
+    eprintln!("[{}] alice window 1 → window 2: {l2} ms", w.htmx.tag());
+    assert!(l2 <= BUDGET_MS, "window 2 took {l2} ms");
+    let s1 = w.on(alice, &a1);
+    s1.wait_for(
+        "the send box to clear",
+        WAIT,
+        "return document.querySelector('#send input[name=text]').value === ''",
+    );
+}
+
+/// The backend restarts (event logs lost) and refuses streams for a
+/// moment; a message sent meanwhile can only reach the tabs through a
+/// resync. Both windows re-render, the badge goes yellow then green.
+fn backend_restart_resyncs(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    let a2 = w.another_window(alice, "alice-2");
+    open_thread(w.on(alice, &a1), "bob");
+    let mut marks = Vec::new();
+    for win in [&a1, &a2] {
+        let n = w
+            .on(alice, win)
+            .js("return window.ssemuxBadgeLog.length", vec![]);
+        marks.push(n.as_u64().expect("badge log length"));
+    }
+    w.env
+        .backend
+        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(600));
+    w.env.backend.restart();
+    w.env
+        .backend
+        .send_message("bob", "alice", "sent while the backend restarted");
+    w.env.backend.send_message("carol", "alice", "carol too");
+    for (win, mark) in [&a1, &a2].into_iter().zip(marks) {
+        let s = w.on(alice, win);
+        s.wait_for(
+            "a resync to come and go",
+            WAIT,
+            &format!(
+                "var h = window.ssemuxBadgeLog.slice({mark}); var i = h.indexOf('resyncing');\
+                 return i >= 0 && h.slice(i).indexOf('connected') > 0 &&\
+                 document.getElementById('conn').dataset.state === 'connected'"
+            ),
+        );
+        let h = s.js(
+            &format!("return window.ssemuxBadgeLog.slice({mark})"),
+            vec![],
+        );
+        eprintln!("[{}] badge after restart: {h}", w.htmx.tag());
+    }
+    // Current state everywhere: window 1 shows the message (and has read
+    // it), window 2's sidebar shows carol's as unread and bob's as read.
+    w.on(alice, &a1).wait_for(
+        "window 1 to show the message",
+        WAIT,
+        &format!(
+            "return {}",
+            message_visible("sent while the backend restarted")
+        ),
+    );
+    w.on(alice, &a2).wait_for(
+        "window 2's sidebar to show the current counts",
+        WAIT,
+        &format!(
+            "return {} && {}",
+            unread_is("carol", 1),
+            unread_is("bob", 0)
+        ),
+    );
+    assert_eq!(w.env.backend.open_streams("alice"), 1);
+}
+
+/// Hide the page (visibilitychange), three messages arrive, show it: all
+/// three are on screen within 1 s. htmx 4 really closes the hidden page's
+/// stream and resumes with `Last-Event-ID`; htmx 2 keeps it open.
+fn hidden_tab_catches_up(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    open_thread(w.on(alice, &a1), "bob");
+    let s = w.on(alice, &a1);
+    // One event first, so the page has an id to resume from.
+    w.env.backend.send_message("bob", "alice", "before hiding");
+    s.wait_for(
+        "the first message",
+        WAIT,
+        &format!("return {}", message_visible("before hiding")),
+    );
+    s.js(
+        "window.__setHidden = function (hidden) {\
+           Object.defineProperty(document, 'hidden', {configurable: true, get: function () { return hidden; }});\
+           Object.defineProperty(document, 'visibilityState', {configurable: true, get: function () { return hidden ? 'hidden' : 'visible'; }});\
+           document.dispatchEvent(new Event('visibilitychange'));\
+         }; window.__setHidden(true); return true;",
+        vec![],
+    );
+    let hub_tabs = |w: &World| w.env.gateway.hub().tabs("alice");
+    match w.htmx {
+        Htmx::V4 => {
+            let deadline = Instant::now() + WAIT;
+            while hub_tabs(w) != 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "hidden htmx 4 page kept its stream"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Htmx::V2 => assert_eq!(hub_tabs(w), 1, "htmx 2 keeps streaming while hidden"),
+    }
+    let mark = s.js("return window.ssemuxBadgeLog.length", vec![]);
+    arm(
+        s,
+        &(1..=3)
+            .map(|i| message_visible(&format!("while hidden {i}")))
+            .collect::<Vec<_>>()
+            .join(" && "),
+    );
+    for i in 1..=3 {
+        w.env
+            .backend
+            .send_message("bob", "alice", &format!("while hidden {i}"));
+    }
+    let shown_at = now_ms();
+    s.js("window.__setHidden(false); return true;", vec![]);
+    // htmx 2 had them all along (negative latency); htmx 4 must catch up.
+    let l = latency(s, shown_at, "all three messages after showing the page");
+    eprintln!(
+        "[{}] hidden → visible, 3 messages on screen: {l} ms",
+        w.htmx.tag()
+    );
+    assert!(l <= BUDGET_MS, "took {l} ms");
+    wait_connected(s);
+    assert_eq!(hub_tabs(w), 1);
+    if let Htmx::V4 = w.htmx {
+        // Caught up by replay after Last-Event-ID, not by a full re-render.
+        let h = s.js(
+            &format!("return window.ssemuxBadgeLog.slice({mark})"),
+            vec![],
+        );
+        eprintln!("[htmx4] badge while hidden and back: {h}");
+        assert!(
+            h.as_array()
+                .is_some_and(|v| !v.iter().any(|x| x == "resyncing")),
+            "expected a replay, got a resync: {h}"
+        );
+    }
+}
+
+/// The README picture: alice's window with a short conversation.
+fn readme_picture(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    w.env.backend.send_message("bob", "alice", "Lunch at noon?");
+    w.env
+        .backend
+        .send_message("alice", "bob", "Sure — the usual place.");
+    w.env
+        .backend
+        .send_message("carol", "alice", "Did you see the build?");
+    w.env.backend.send_message("bob", "alice", "See you there");
+    let s = w.on(alice, &a1);
+    open_thread(s, "bob");
+    s.wait_for(
+        "the conversation",
+        WAIT,
+        &format!(
+            "return {} && {}",
+            message_visible("See you there"),
+            unread_is("carol", 1)
+        ),
+    );
+    let shot = shots_dir().join("readme.png");
+    s.screenshot(&shot);
+    if std::env::var_os("SSEMUX_UPDATE_SCREENSHOT").is_some() {
+        let docs = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/screenshot.png"
+        ));
+        std::fs::copy(&shot, &docs).expect("copy the README screenshot");
+    }
+}
+
+macro_rules! both {
+    ($scenario:ident, $v2:ident, $v4:ident $(, $o:expr)*) => {
+        #[test]
+        fn $v2() {
+            scenario(stringify!($scenario), Htmx::V2, &[$($o),*], $scenario);
+        }
+        #[test]
+        fn $v4() {
+            scenario(stringify!($scenario), Htmx::V4, &[$($o),*], $scenario);
+        }
+    };
+}
+
+both!(
+    two_tabs_see_a_message,
+    htmx2_two_tabs_see_a_message,
+    htmx4_two_tabs_see_a_message
+);
+both!(
+    open_thread_reads_on_arrival,
+    htmx2_open_thread_reads_on_arrival,
+    htmx4_open_thread_reads_on_arrival
+);
+both!(
+    send_in_one_tab_shows_in_other,
+    htmx2_send_in_one_tab_shows_in_other,
+    htmx4_send_in_one_tab_shows_in_other
+);
+both!(
+    backend_restart_resyncs,
+    htmx2_backend_restart_resyncs,
+    htmx4_backend_restart_resyncs,
+    "upstream.backoff_min=50ms"
+);
+both!(
+    hidden_tab_catches_up,
+    htmx2_hidden_tab_catches_up,
+    htmx4_hidden_tab_catches_up
+);
+
+#[test]
+fn readme_screenshot() {
+    scenario("readme", Htmx::V2, &[], readme_picture);
+}
