@@ -487,6 +487,87 @@ fn backend_restart_resyncs(w: &mut World) {
     assert_eq!(w.env.backend.open_streams("alice"), 1);
 }
 
+/// The gateway itself goes away and comes back on the same address: the
+/// page's stream really drops, so the extension's own events drive the
+/// badge — yellow (reconnecting) while it retries, green once the new
+/// gateway answers. The new gateway cannot resume the old one's ids, so the
+/// page is resynced and shows what was sent while it was away.
+fn gateway_restart_reconnects(w: &mut World) {
+    let alice = w.browser("alice");
+    let a1 = w.sessions[alice].current_window();
+    open_thread(w.on(alice, &a1), "bob");
+    let s = w.on(alice, &a1);
+    // An id to resume from, as a long-open page would have.
+    w.env
+        .backend
+        .send_message("bob", "alice", "before the gateway restart");
+    s.wait_for(
+        "the first message",
+        WAIT,
+        &format!("return {}", message_visible("before the gateway restart")),
+    );
+    let mark = s.js("return window.ssemuxBadgeLog.length", vec![]);
+    let addr = w.env.addr;
+    w.env.gateway.shutdown_token().cancel();
+    s.wait_for(
+        "the badge to leave green",
+        WAIT,
+        "var st = document.getElementById('conn').dataset.state;\
+         return st === 'reconnecting' || st === 'disconnected'",
+    );
+    w.env
+        .backend
+        .send_message("bob", "alice", "sent while the gateway was down");
+    let sets = vec![
+        format!("backend={}", w.env.backend.url()),
+        "hub.retry_hint=200ms".to_string(),
+    ];
+    let cfg = ssemux_gateway::config::Config::from_parts("", Vec::new(), &sets).expect("config");
+    let gateway = ssemux_gateway::server::Gateway::new(cfg).expect("gateway");
+    // The old listener is closed as soon as shutdown starts; retry briefly
+    // in case the socket is still being torn down.
+    let listener = w.rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => return l,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "rebind {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+    w.rt.spawn(gateway.clone().serve(listener));
+    w.env.gateway = gateway;
+    let s = w.on(alice, &a1);
+    s.wait_for(
+        "the page to show what was sent meanwhile",
+        WAIT,
+        &format!(
+            "return {}",
+            message_visible("sent while the gateway was down")
+        ),
+    );
+    wait_connected(s);
+    let h = s.js(
+        &format!("return window.ssemuxBadgeLog.slice({mark})"),
+        vec![],
+    );
+    eprintln!("[{}] badge across a gateway restart: {h}", w.htmx.tag());
+    let states: Vec<&str> = h
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let yellow = states.iter().position(|x| *x == "reconnecting");
+    let green = states.iter().rposition(|x| *x == "connected");
+    assert!(
+        matches!((yellow, green), (Some(y), Some(g)) if y < g),
+        "expected reconnecting then connected: {states:?}"
+    );
+    assert_eq!(w.env.gateway.hub().tabs("alice"), 1);
+}
+
 /// Hide the page (visibilitychange), three messages arrive, show it: all
 /// three are on screen within 1 s. htmx 4 really closes the hidden page's
 /// stream and resumes with `Last-Event-ID`; htmx 2 keeps it open.
@@ -630,6 +711,12 @@ both!(
     htmx2_backend_restart_resyncs,
     htmx4_backend_restart_resyncs,
     "upstream.backoff_min=50ms"
+);
+both!(
+    gateway_restart_reconnects,
+    htmx2_gateway_restart_reconnects,
+    htmx4_gateway_restart_reconnects,
+    "hub.retry_hint=200ms"
 );
 both!(
     hidden_tab_catches_up,
