@@ -55,13 +55,17 @@ pub fn web_dir() -> PathBuf {
     }
 }
 
-/// Looks `name` up and reads its file. Blocking file I/O: call it off the
-/// async threads.
+/// Looks `name` up and reads its file from [`web_dir`]. Blocking file I/O:
+/// call it off the async threads.
 pub fn load(name: &str) -> Asset {
+    load_from(&web_dir(), name)
+}
+
+fn load_from(dir: &std::path::Path, name: &str) -> Asset {
     let Some(&(_, rel, ctype)) = TABLE.iter().find(|(n, _, _)| *n == name) else {
         return Asset::Unknown;
     };
-    let path = web_dir().join(rel);
+    let path = dir.join(rel);
     match std::fs::read(&path) {
         Ok(bytes) => Asset::Found(bytes, ctype),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Asset::Missing(format!(
@@ -89,6 +93,18 @@ mod tests {
             "app.js/",
         ] {
             assert_eq!(load(bad), Asset::Unknown, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_install_says_how_to_fix_it() {
+        let dir = std::env::temp_dir().join("ssemux-no-such-web-dir");
+        match load_from(&dir, "htmx4.js") {
+            Asset::Missing(why) => {
+                assert!(why.contains("make web"), "{why}");
+                assert!(why.contains("htmx.min.js"), "{why}");
+            }
+            other => panic!("expected Missing, got {other:?}"),
         }
     }
 
