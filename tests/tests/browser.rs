@@ -399,6 +399,31 @@ fn open_thread_reads_on_arrival(w: &mut World) {
         seen.as_array().is_some_and(|v| v.iter().all(|x| x == "0")),
         "window 2 showed bob's message as unread at some point: {seen}"
     );
+    // Another peer's message updates the sidebar but leaves bob's thread
+    // alone: the thread only listens for updates about bob.
+    let s1 = w.on(alice, &a1);
+    s1.js(
+        "window.__list = document.getElementById('messages'); return true;",
+        vec![],
+    );
+    w.env
+        .backend
+        .send_message("carol", "alice", "not for this thread");
+    s1.wait_for(
+        "carol's unread badge in window 1",
+        WAIT,
+        &format!("return {}", unread_is("carol", 1)),
+    );
+    let same = s1.js(
+        "return document.getElementById('messages') === window.__list \
+         && !document.querySelector('.messages-box.htmx-request')",
+        vec![],
+    );
+    assert_eq!(
+        same,
+        json!(true),
+        "bob's thread re-fetched for carol's message"
+    );
 }
 
 /// Alice sends in window 1; window 2, with the same thread open, shows it

@@ -89,7 +89,7 @@ impl Flavor {
     /// trigger arriving while a fetch is in flight queues one more fetch
     /// (`queue last`) instead of being dropped — a dropped one would leave
     /// the view stale until the next event.
-    fn refetch(self, url: &str, select: &str, events: &[&str]) -> String {
+    fn refetch(self, url: &str, select: &str, events: &[Listen<'_>]) -> String {
         let sync = match self {
             Flavor::Htmx2 => "this:queue last",
             Flavor::Htmx4 => "queue last",
@@ -97,7 +97,7 @@ impl Flavor {
         format!(
             "hx-get=\"{url}\" hx-trigger=\"{}\" hx-target=\"{select}\" hx-select=\"{select}\" \
              hx-swap=\"outerHTML\" hx-sync=\"{sync}\" hx-disinherit=\"*\"",
-            self.on(events)
+            escape(&self.on(events))
         )
     }
 
@@ -105,17 +105,35 @@ impl Flavor {
     /// a `reload` event dispatched on the element itself (the page script
     /// uses it to close the gap between a fragment's render and its
     /// listeners being attached).
-    fn on(self, events: &[&str]) -> String {
+    fn on(self, events: &[Listen<'_>]) -> String {
         let mut specs: Vec<String> = events
             .iter()
-            .map(|e| match self {
-                Flavor::Htmx2 => format!("sse:{e}"),
-                Flavor::Htmx4 => format!("{e} from:#live"),
+            .map(|l| {
+                let (name, filter) = match *l {
+                    Listen::Any(name) => (name, String::new()),
+                    // Both versions expose the event's `detail` to filters;
+                    // the trigger's data is the peer's name.
+                    Listen::Peer(name, peer) => (name, format!("[detail.data==='{peer}']")),
+                };
+                match self {
+                    Flavor::Htmx2 => format!("sse:{name}{filter}"),
+                    Flavor::Htmx4 => format!("{name}{filter} from:#live"),
+                }
             })
             .collect();
         specs.push("reload".to_owned());
         specs.join(", ")
     }
+}
+
+/// A stream event a fragment listens for.
+#[derive(Clone, Copy)]
+enum Listen<'a> {
+    /// Every event of this name.
+    Any(&'a str),
+    /// Only those whose data is this peer (a thread ignores other threads'
+    /// updates).
+    Peer(&'a str, &'a str),
 }
 
 /// One sidebar entry.
@@ -247,7 +265,11 @@ pub fn sidebar(flavor: Flavor, contacts: &[Contact<'_>]) -> String {
     let url = format!("/fragments/sidebar{}", flavor.query());
     let mut out = format!(
         "<nav id=\"sidebar\" class=\"sidebar\" {}>\n<ul id=\"contacts\">\n",
-        flavor.refetch(&url, "#contacts", &["contact-changed", "resync"]),
+        flavor.refetch(
+            &url,
+            "#contacts",
+            &[Listen::Any("contact-changed"), Listen::Any("resync")]
+        ),
     );
     for c in contacts {
         out.push_str(&contact_item(flavor, c));
@@ -280,11 +302,19 @@ pub fn empty_thread_pane() -> String {
 pub fn thread(flavor: Flavor, t: &ThreadView<'_>) -> String {
     let peer = escape(t.peer);
     let url = format!("/fragments/thread/{peer}{}", flavor.query());
+    // Filter only on names that cannot break out of the JS string; any
+    // other name just refetches on every thread update, which is still
+    // correct.
+    let updated = if !t.peer.is_empty() && t.peer.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Listen::Peer("thread-updated", t.peer)
+    } else {
+        Listen::Any("thread-updated")
+    };
     let mut out = format!(
         "<section id=\"thread\" class=\"thread\" data-peer=\"{peer}\">\n<h2>{peer}</h2>\n\
          <div class=\"messages-box\" {}>\n\
          <ol id=\"messages\" class=\"messages\" data-peer=\"{peer}\">\n",
-        flavor.refetch(&url, "#messages", &["thread-updated", "resync"]),
+        flavor.refetch(&url, "#messages", &[updated, Listen::Any("resync")]),
     );
     for m in t.messages {
         let read = if m.from == t.me {
@@ -408,6 +438,19 @@ mod tests {
         assert!(four.contains("hx-headers:inherited="));
         assert!(four.contains("/fragments/thread/bob?htmx=4"));
         assert!(four.contains("/static/htmx4.js"));
+        let view = ThreadView {
+            me: "alice",
+            peer: "bob",
+            messages: &[],
+            my_watermark: 0,
+            peer_watermark: 0,
+        };
+        assert!(thread(Flavor::Htmx2, &view).contains(
+            "hx-trigger=\"sse:thread-updated[detail.data===&#39;bob&#39;], sse:resync, reload\""
+        ));
+        assert!(thread(Flavor::Htmx4, &view).contains(
+            "thread-updated[detail.data===&#39;bob&#39;] from:#live, resync from:#live, reload"
+        ));
         assert_eq!(Flavor::from_param(Some("4")), Flavor::Htmx4);
         assert_eq!(Flavor::from_param(Some("x")), Flavor::Htmx2);
     }
