@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                 set.push(format!("backend={b}"));
             }
             match Config::load(config.as_deref(), std::env::vars(), &set) {
-                Ok(cfg) => rt.block_on(serve(cfg)),
+                Ok(cfg) => rt.block_on(serve(cfg, Source { file: config, set })),
                 Err(e) => {
                     eprintln!("ssemux: configuration: {e}");
                     return ExitCode::from(2);
@@ -137,22 +137,32 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// Where a SIGHUP re-reads the configuration from: the same file, the
+/// environment as it was at start, and the same `--set` flags.
+#[derive(Clone, Debug, Default)]
+struct Source {
+    file: Option<PathBuf>,
+    set: Vec<String>,
+}
+
+async fn serve(cfg: Config, source: Source) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    serve_on(cfg, listener).await
+    serve_on(cfg, listener, source).await
 }
 
-async fn serve_on(cfg: Config, listener: TcpListener) -> anyhow::Result<()> {
+async fn serve_on(cfg: Config, listener: TcpListener, source: Source) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives once we log "serving" must find
     // them, not the default action.
     let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let hangup = hangup_signal().context("cannot install the SIGHUP handler")?;
     let local = listener.local_addr().context("listener address")?;
     let backend = cfg.backend.clone();
     let gateway = Gateway::new(cfg).context("cannot build gateway")?;
     tracing::info!(listen = %local, backend = %backend, "ssemux serving");
     let shutdown = gateway.shutdown_token();
+    tokio::spawn(reload_on_hangup(hangup, gateway.clone(), source));
     tokio::spawn(async move {
         signals.next().await;
         tracing::info!("shutting down; a second signal exits at once");
@@ -165,6 +175,53 @@ async fn serve_on(cfg: Config, listener: TcpListener) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> std::io::Result<Hangup> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> std::io::Result<Hangup> {
+    Ok(())
+}
+
+/// On every SIGHUP, re-read the configuration and apply what can change at
+/// run time (translation rules). A configuration that does not load or
+/// validate is refused with a log line naming the key; the running one stays.
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangup: Hangup, gateway: std::sync::Arc<Gateway>, source: Source) {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    while hangup.recv().await.is_some() {
+        let cfg = match Config::load(source.file.as_deref(), env.clone(), &source.set) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
+                continue;
+            }
+        };
+        match gateway.reload(&cfg) {
+            Ok(r) => {
+                tracing::info!(applied = ?r.applied, "configuration reloaded");
+                if !r.need_restart.is_empty() {
+                    tracing::warn!(sections = ?r.need_restart, "changed sections take effect only after a restart");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: Hangup, _: std::sync::Arc<Gateway>, _: Source) {}
 
 /// SIGTERM and SIGINT, both meaning "shut down".
 #[cfg(unix)]
@@ -213,15 +270,11 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let listen = listener.local_addr().context("listener address")?;
-    let cfg = Config::from_parts(
-        "",
-        std::env::vars(),
-        &[
-            format!("listen={listen}"),
-            format!("backend={}", backend.url()),
-        ],
-    )
-    .context("demo configuration")?;
+    let set = vec![
+        format!("listen={listen}"),
+        format!("backend={}", backend.url()),
+    ];
+    let cfg = Config::from_parts("", std::env::vars(), &set).context("demo configuration")?;
     println!();
     println!("  ssemux demo");
     println!("  open   http://{listen}/   and log in as alice, bob or carol");
@@ -238,5 +291,5 @@ async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<
     println!("         curl -b jar -N http://{listen}/events");
     println!("  mock backend at {}", backend.url());
     println!();
-    serve_on(cfg, listener).await
+    serve_on(cfg, listener, Source { file: None, set }).await
 }
