@@ -65,3 +65,18 @@ clippy:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: fuzz chaos
+
+## Every fuzz target for FUZZ_SECS seconds each (default 600), two at a time
+## at low priority; installs cargo-fuzz if missing. Not part of `make test`:
+## libFuzzer needs -Z flags (RUSTC_BOOTSTRAP=1 on stable, see fuzz/run.sh).
+FUZZ_SECS ?= 600
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) ./fuzz/run.sh
+
+## The chaos test for CHAOS_SECS seconds (default 300); `make test` runs it
+## for 30 s.
+CHAOS_SECS ?= 300
+chaos:
+	SSEMUX_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p ssemux-tests --test chaos -- --nocapture

@@ -252,6 +252,22 @@ async fn upstream_sending_one_byte_at_a_time_is_parsed_exactly() {
     assert_eq!(backend.event_request_count(), 1);
 }
 
+#[tokio::test]
+async fn events_with_a_100kb_cookie_header_is_refused_cleanly() {
+    let env = Env::start(FAST).await;
+    let huge = format!("session={}", "a".repeat(100 * 1024));
+    let (status, _, _) = request(env.addr, "GET", "/events", &[("cookie", &huge)], "").await;
+    assert!(
+        status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE || status == StatusCode::BAD_REQUEST,
+        "{status}"
+    );
+    assert_eq!(env.gateway.hub().channels(), 0);
+    // Still serving.
+    let alice = env.cookie("alice");
+    let _tab = env.tab(&alice).await;
+    assert_eq!(env.gateway.hub().tabs("alice"), 1);
+}
+
 /// Send a request head one byte every 50 ms: the gateway must cut the
 /// connection at the header read timeout, long before the head is complete.
 async fn slowloris(addr: std::net::SocketAddr, path: &str) {

@@ -155,6 +155,8 @@ async fn two_hundred_users_three_tabs_each_through_a_flapping_backend() {
             "upstream.backoff_max=400ms",
             "upstream.idle_timeout=500ms",
             "server.events_connects_per_second=0",
+            // 600 tabs opening at once on a loaded machine: be patient.
+            "auth.timeout=60s",
         ],
     )
     .await;
@@ -168,9 +170,11 @@ async fn two_hundred_users_three_tabs_each_through_a_flapping_backend() {
             let (addr, c) = (env.addr, c.clone());
             opening.push((
                 u,
-                tokio::spawn(
-                    async move { Tab::open(addr, "/events", &c, None).await.expect("tab") },
-                ),
+                tokio::spawn(async move {
+                    Tab::open_within(addr, "/events", &c, None, Duration::from_secs(60))
+                        .await
+                        .expect("tab")
+                }),
             ));
         }
     }

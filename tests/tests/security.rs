@@ -85,14 +85,25 @@ async fn raw_exchange_with(addr: std::net::SocketAddr, bytes: &[u8], half_close:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_users_never_see_each_others_events() {
     const USERS: usize = 1000;
-    let env = Arc::new(Env::start(&["server.events_connects_per_second=0"]).await);
+    // Generous timeouts: a thousand identity lookups and stream opens at
+    // once on a loaded two-core machine in a debug build take a while.
+    let env = Arc::new(
+        Env::start(&[
+            "server.events_connects_per_second=0",
+            "auth.timeout=60s",
+            "upstream.response_timeout=60s",
+        ])
+        .await,
+    );
     let cookies: Vec<String> = (0..USERS).map(|i| env.cookie(&format!("u{i}"))).collect();
     // Every user connects at once.
     let mut opening = Vec::new();
     for c in &cookies {
         let (addr, c) = (env.addr, c.clone());
         opening.push(tokio::spawn(async move {
-            Tab::open(addr, "/events", &c, None).await.expect("tab")
+            Tab::open_within(addr, "/events", &c, None, Duration::from_secs(60))
+                .await
+                .expect("tab")
         }));
     }
     let mut tabs = Vec::new();

@@ -321,6 +321,16 @@ impl Gateway {
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
             return r;
         }
+        // Refused before asking the backend: a Cookie header this large is
+        // a broken or hostile client, not a session to look up.
+        if crate::auth::cookie_header(req.headers())
+            .is_some_and(|c| c.len() > crate::auth::MAX_COOKIE_BYTES)
+        {
+            return body::text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "cookie header too large",
+            );
+        }
         let client = limit::client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
         if let Err(wait) = self.connects.admit(client) {
             let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "too many connects");

@@ -133,6 +133,18 @@ impl Tab {
         cookie: &str,
         last_event_id: Option<&str>,
     ) -> Result<Tab, StatusCode> {
+        Self::open_within(addr, path, cookie, last_event_id, WAIT).await
+    }
+
+    /// [`Tab::open`] allowing `wait` for the response head (and the first
+    /// `retry:`), for tests that open very many tabs at once.
+    pub async fn open_within(
+        addr: SocketAddr,
+        path: &str,
+        cookie: &str,
+        last_event_id: Option<&str>,
+        wait: Duration,
+    ) -> Result<Tab, StatusCode> {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -148,7 +160,7 @@ impl Tab {
             b = b.header("last-event-id", id);
         }
         let req = b.body(Empty::<Bytes>::new()).expect("request");
-        let resp = tokio::time::timeout(WAIT, send.send_request(req))
+        let resp = tokio::time::timeout(wait, send.send_request(req))
             .await
             .expect("response in time")
             .expect("response");
@@ -194,7 +206,7 @@ impl Tab {
                 }
             }
         });
-        let retry_ms = tokio::time::timeout(WAIT, retry_rx)
+        let retry_ms = tokio::time::timeout(wait, retry_rx)
             .await
             .ok()
             .and_then(|r| r.ok());
