@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,8 +36,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--window-size=1000,640",
 ];
 
-/// How long a single WebDriver command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a single WebDriver command may take (starting a browser on a
+/// busy machine is the slow one).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Finds an executable: `$env` if set, else the first existing candidate.
 fn find_binary(env: &str, candidates: &[&str]) -> Result<PathBuf, String> {
@@ -231,7 +233,10 @@ impl Driver {
         let chromedriver = find_binary("CHROMEDRIVER", &["/usr/bin/chromedriver"])
             .unwrap_or_else(|e| panic!("chromedriver is required for the browser tests: {e}"));
         let port = free_port();
+        // Its own process group: Chromium and its helpers inherit it, so the
+        // whole tree can be ended together even if a session is never closed.
         let child = Command::new(&chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -295,6 +300,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group id is chromedriver's pid (process_group(0) above).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
