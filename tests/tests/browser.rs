@@ -73,15 +73,19 @@ impl Htmx {
 
 /// A scenario's world: servers on a multi-thread runtime (they keep running
 /// while the test thread blocks on WebDriver) and chromedriver.
+///
+/// Fields drop in declaration order, and that order matters: each browser
+/// session must be closed (its Chromium ended) while chromedriver is still
+/// there to do it; dropping the driver first orphans every Chromium.
 struct World {
-    rt: tokio::runtime::Runtime,
-    env: Env,
-    driver: Driver,
-    name: String,
-    htmx: Htmx,
     /// Windows to photograph on failure, with a label.
     windows: Vec<(String, usize, Window)>,
     sessions: Vec<Session>,
+    driver: Driver,
+    rt: tokio::runtime::Runtime,
+    env: Env,
+    name: String,
+    htmx: Htmx,
 }
 
 impl World {
@@ -137,10 +141,6 @@ impl World {
 /// screenshots and the console of every window before re-panicking.
 fn scenario(name: &str, htmx: Htmx, overrides: &[&str], body: impl FnOnce(&mut World)) {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    if std::env::var_os("SSEMUX_SKIP_BROWSER").is_some() {
-        eprintln!("!!! SSEMUX_SKIP_BROWSER is set: browser scenario {name} NOT RUN");
-        return;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -269,6 +269,27 @@ fn unread_is(peer: &str, n: usize) -> String {
     )
 }
 
+/// Everything the page loaded came from the gateway it was opened from
+/// (loopback), including `script`.
+fn only_from_gateway(s: &Session, script: &str) {
+    let loaded = s.js(
+        "return performance.getEntriesByType('resource').map(function (e) { return e.name; })",
+        vec![],
+    );
+    let origin = s.js("return location.origin + '/'", vec![]);
+    let origin = origin.as_str().expect("origin");
+    let urls: Vec<&str> = loaded
+        .as_array()
+        .map(|v| v.iter().filter_map(|u| u.as_str()).collect())
+        .unwrap_or_default();
+    let foreign: Vec<&&str> = urls.iter().filter(|u| !u.starts_with(origin)).collect();
+    assert!(foreign.is_empty(), "fetched from elsewhere: {foreign:?}");
+    assert!(
+        urls.iter().any(|u| u.ends_with(script)),
+        "{script} not loaded from the gateway: {urls:?}"
+    );
+}
+
 // ---- scenarios ------------------------------------------------------------
 
 /// Two windows of alice, one of bob. Bob sends through his send box; both
@@ -318,6 +339,11 @@ fn two_tabs_see_a_message(w: &mut World) {
         WAIT,
         &format!("return {}", unread_is("bob", 0)),
     );
+    let script = match w.htmx {
+        Htmx::V2 => "/static/htmx2.js",
+        Htmx::V4 => "/static/htmx4.js",
+    };
+    only_from_gateway(w.on(alice, &a1), script);
     assert_eq!(
         w.env.backend.open_streams("alice"),
         1,
@@ -692,6 +718,7 @@ fn readme_picture(w: &mut World) {
             unread_is("carol", 1)
         ),
     );
+    only_from_gateway(s, "/static/htmx2.js");
     let shot = shots_dir().join("readme.png");
     s.screenshot(&shot);
     if std::env::var_os("SSEMUX_UPDATE_SCREENSHOT").is_some() {
