@@ -1,1 +1,313 @@
-fn main() {}
+//! `ssemux-bench`: the load generator and side-by-side benchmark runner.
+//!
+//! `ssemux-bench run` starts each system on loopback, runs the same four
+//! scenarios against it, and writes a JSON file, `docs/benchmarks.md` and a
+//! plot. `ssemux-bench floor` is the raw fan-out floor server the runner
+//! starts as one of the systems. This file owns the CLI and the run's order;
+//! it must never leave a started process running (systems kill their
+//! children on drop) and never drop a system from the report.
+
+mod client;
+mod floor;
+mod procs;
+mod report;
+mod scenarios;
+mod stats;
+mod systems;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::scenarios::Profile;
+use crate::systems::{Env, Kind, System};
+
+/// Load generator and side-by-side benchmark runner for ssemux.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark against every system and write the report.
+    Run {
+        /// `quick` (scaled down, under 5 minutes) or `full` (the sizes).
+        #[arg(long, default_value = "quick")]
+        profile: String,
+        /// Comma-separated systems (default: all five).
+        #[arg(long)]
+        systems: Option<String>,
+        /// Where the JSON and the plot go.
+        #[arg(long, default_value = "docs/bench")]
+        out_dir: PathBuf,
+        /// The Markdown report.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: PathBuf,
+        /// Directory with the `ssemux`, `ssemux-mock-upstream` and
+        /// `ssemux-bench` binaries (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Plot script (python3 + matplotlib).
+        #[arg(long, default_value = "bench/plot.py")]
+        plot_script: PathBuf,
+        /// Comma-separated scenarios (default: fanout,idle,churn,storm).
+        #[arg(long, default_value = "fanout,idle,churn,storm")]
+        scenarios: String,
+        /// Extra ssemux `--set KEY=VALUE` (repeatable; recorded in the JSON).
+        #[arg(long = "ssemux-set", value_name = "KEY=VALUE")]
+        ssemux_set: Vec<String>,
+    },
+    /// The raw floor server (started by `run`).
+    Floor {
+        /// Tab listener.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Control listener: lines `<user> <payload>`.
+        #[arg(long)]
+        control: SocketAddr,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    procs::raise_nofile(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Floor { listen, control } => rt.block_on(floor::serve(listen, control)),
+        Cmd::Run {
+            profile,
+            systems,
+            out_dir,
+            markdown,
+            bin_dir,
+            plot_script,
+            ssemux_set,
+            scenarios,
+        } => {
+            let profile = match profile.as_str() {
+                "quick" => Profile::quick(),
+                "full" => Profile::full(),
+                other => anyhow::bail!("unknown profile {other:?} (quick, full)"),
+            };
+            let kinds = match systems {
+                None => Kind::ALL.to_vec(),
+                Some(list) => list
+                    .split(',')
+                    .map(|s| {
+                        Kind::parse(s.trim()).ok_or_else(|| anyhow::anyhow!("unknown system {s:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            };
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| anyhow::anyhow!("no directory for the binaries"))?,
+            };
+            let work = bin_dir.join("bench-work");
+            std::fs::create_dir_all(&work)?;
+            let env = Env {
+                bin_dir,
+                work,
+                ssemux_sets: ssemux_set,
+            };
+            let wanted: Vec<String> = scenarios.split(',').map(|s| s.trim().to_string()).collect();
+            let r = rt.block_on(run(
+                &env,
+                &profile,
+                &kinds,
+                &wanted,
+                (&out_dir, &markdown, &plot_script),
+            ));
+            // Tab tasks may still be winding down; do not wait for them.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            r
+        }
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    format!(
+        "{} — {} cores ({}), {} MiB RAM, {}",
+        sh("hostname"),
+        sh("nproc"),
+        cpu.trim(),
+        sh("free -m | awk '/Mem:/ {print $2}'"),
+        sh("uname -sr")
+    )
+}
+
+fn log_tail(env: &Env, kind: Kind) -> String {
+    let file = match kind {
+        Kind::Ssemux => "ssemux.log",
+        Kind::NginxPassthrough => "nginx.log",
+        Kind::Pushpin => "pushpin.log",
+        Kind::Nchan => "nchan.log",
+        Kind::Floor => "floor.log",
+    };
+    let text = std::fs::read_to_string(env.work.join(file)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+/// Run one scenario on a freshly started system; `Err` means the system did
+/// not start.
+async fn on_fresh(
+    kind: Kind,
+    env: &Env,
+    users: usize,
+    f: impl AsyncFnOnce(&Arc<System>) -> Value,
+) -> Result<Value, String> {
+    let sys = match System::start(kind, env, users).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let tail = log_tail(env, kind);
+            return Err(if tail.is_empty() {
+                format!("{e:#}")
+            } else {
+                format!("{e:#} (log: {tail})")
+            });
+        }
+    };
+    let v = f(&sys).await;
+    drop(sys);
+    // Let sockets of the stopped system close before the next one binds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(v)
+}
+
+async fn run(
+    env: &Env,
+    profile: &Profile,
+    kinds: &[Kind],
+    wanted: &[String],
+    (out_dir, markdown, plot_script): (&Path, &Path, &Path),
+) -> anyhow::Result<()> {
+    let started = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
+    let stamp = sh("date -u +%Y%m%dT%H%M%SZ");
+    std::fs::create_dir_all(out_dir)?;
+    let grace = Duration::from_secs(10);
+    let mut results = Vec::new();
+    for &kind in kinds {
+        eprintln!("== {}", kind.name());
+        let mut entry = json!({"system": kind.name(), "status": "ok"});
+        let steps: [(&str, usize); 4] = [
+            ("fanout", profile.fanout_users),
+            ("idle", profile.idle_users),
+            ("churn", profile.churn_users),
+            ("storm", profile.storm_users),
+        ];
+        for (name, users) in steps {
+            if !wanted.iter().any(|w| w == name) {
+                entry[name] = json!({"n/a": "not selected for this run"});
+                continue;
+            }
+            if name == "churn" && !kind.has_backend_stream() {
+                entry[name] = scenarios::churn_na();
+                continue;
+            }
+            if name == "storm" && !kind.has_backend_stream() {
+                entry[name] = scenarios::storm_na();
+                continue;
+            }
+            eprintln!("   {name}…");
+            let p = profile.clone();
+            let r = match name {
+                "fanout" => {
+                    on_fresh(kind, env, users, async |s| scenarios::fanout(s, &p).await).await
+                }
+                "idle" => on_fresh(kind, env, users, async |s| scenarios::idle(s, &p).await).await,
+                "churn" => {
+                    on_fresh(kind, env, users, async |s| {
+                        scenarios::churn(s, &p, grace).await
+                    })
+                    .await
+                }
+                _ => on_fresh(kind, env, users, async |s| scenarios::storm(s, &p).await).await,
+            };
+            match r {
+                Ok(v) => {
+                    eprintln!("   {name}: {}", short(&v));
+                    entry[name] = v;
+                }
+                Err(e) => {
+                    eprintln!("   {} could not start: {e}", kind.name());
+                    entry["status"] = json!(format!("could not start: {e}"));
+                    break;
+                }
+            }
+        }
+        results.push(entry);
+    }
+    let json_path = out_dir.join(format!("run-{}-{stamp}.json", profile.name));
+    let plot_path = out_dir.join(format!("fanout-{}.png", profile.name));
+    let mut run = json!({
+        "started": started,
+        "machine": machine(),
+        "profile": profile,
+        "ssemux_overrides": env.ssemux_sets,
+        "load_average": sh("cat /proc/loadavg"),
+        "systems": results,
+        "json_path": json_path.display().to_string(),
+        "plot_path": plot_path.display().to_string(),
+        "notes": [
+            "Every system gets the same tabs (HTTP/1.1, one connection each, source addresses spread over 127.0.0.0/8) and the same emit clock (20 ticks/s, round-robin over users).",
+            "ssemux: the mock backend emits `inbound {peer: <timestamp>}`; ssemux's default rules turn it into `thread-updated` + `contact-changed`. The others are handed the two already-translated triggers: nginx pass-through by the mock backend on each tab's own stream, Pushpin by one HTTP publish per tick (GRIP http-stream), nchan by one POST per trigger per user, the floor by one control line per user.",
+            "CPU and PSS are the system's own processes (ssemux; nginx master+workers; pushpin's runner, condure, zurl, proxy and handler; the floor). The mock backend is reported separately; the GRIP origin runs inside the bench.",
+            "Churn and storm only apply to systems with a per-user backend stream (ssemux, nginx pass-through); they are reported n/a for the publish-model systems.",
+        ],
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&run)?)?;
+    let plot = std::process::Command::new("python3")
+        .arg(plot_script)
+        .arg(&json_path)
+        .arg(&plot_path)
+        .status();
+    let plotted = matches!(plot, Ok(s) if s.success());
+    if !plotted && let Some(n) = run["notes"].as_array_mut() {
+        n.push(json!(format!(
+            "plot failed ({plot:?}); see {}",
+            plot_script.display()
+        )));
+    }
+    std::fs::write(markdown, report::markdown(&run))?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        json_path.display(),
+        plot_path.display(),
+        markdown.display()
+    );
+    Ok(())
+}
+
+fn short(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 400 {
+        let mut cut = 400;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

@@ -29,6 +29,10 @@ pub type MockBody = Either<Full<Bytes>, EventStream>;
 /// Request bodies above this are refused; nothing legitimate comes close.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Cap for `/__admin/emit-batch`: a load generator's one-tick batch of a few
+/// thousand short lines fits with room to spare.
+const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
+
 const FORM: &str = "application/x-www-form-urlencoded";
 
 type Res = Response<MockBody>;
@@ -158,7 +162,15 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    match Limited::new(body, MAX_BODY).collect().await {
+    read_body_capped(body, MAX_BODY).await
+}
+
+async fn read_body_capped<B>(body: B, cap: usize) -> Result<Bytes, Reject>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, cap).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -526,11 +538,52 @@ where
                 &json!({ "id": state.emit(&user, &event, data) }),
             )
         }
+        (Method::POST, "/__admin/emit-batch") => {
+            let bytes = match read_body_capped(req.into_body(), MAX_BATCH_BODY).await {
+                Ok(b) => b,
+                Err(r) => return r.into(),
+            };
+            match emit_batch(state, &bytes) {
+                Ok(count) => json_res(StatusCode::OK, &json!({ "count": count })),
+                Err(r) => r.into(),
+            }
+        }
         (
             _,
-            "/__admin/stats" | "/__admin/drop" | "/__admin/refuse" | "/__admin/stall"
-            | "/__admin/restart" | "/__admin/emit",
+            "/__admin/stats"
+            | "/__admin/drop"
+            | "/__admin/refuse"
+            | "/__admin/stall"
+            | "/__admin/restart"
+            | "/__admin/emit"
+            | "/__admin/emit-batch",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// `POST /__admin/emit-batch`: one event per line, `user<TAB>event<TAB>data`,
+/// so a load generator can emit a whole tick's events in one request. Every
+/// line is checked before any is emitted: a bad batch emits nothing.
+fn emit_batch(state: &State, body: &[u8]) -> Result<usize, Reject> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("batch must be UTF-8"))?;
+    let mut events = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let mut parts = line.splitn(3, '\t');
+        let (Some(user), Some(event), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("each line must be user<TAB>event<TAB>data"));
+        };
+        if !is_valid_user(user) {
+            return Err(bad("user must be a known user"));
+        }
+        if event.is_empty() || event.contains('\r') {
+            return Err(bad("event must be a non-empty single line"));
+        }
+        events.push((user, event, data));
+    }
+    for (user, event, data) in &events {
+        state.emit(user, event, data);
+    }
+    Ok(events.len())
 }

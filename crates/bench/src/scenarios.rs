@@ -1,0 +1,478 @@
+//! Scenarios: the four measurements run identically against every system —
+//! fan-out at stepped rates, idle scale, churn, reconnect storm.
+//!
+//! Owns tab populations, the emit clock and what is measured when. It must
+//! never wait without a deadline, and never report a figure it did not
+//! measure: what does not apply to a system is reported as `n/a` with why.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{TabSpec, UserGauge, run_tab};
+use crate::procs;
+use crate::stats::{Recorder, now_us};
+use crate::systems::System;
+
+/// Sizes and durations of one benchmark profile.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Profile {
+    /// `quick` or `full`.
+    pub name: String,
+    /// Fan-out users.
+    pub fanout_users: usize,
+    /// Fan-out tabs per user.
+    pub fanout_tabs: usize,
+    /// Offered events per user per second, stepped up.
+    pub rates: Vec<f64>,
+    /// Seconds per rate step.
+    pub step_secs: f64,
+    /// Idle-scale users.
+    pub idle_users: usize,
+    /// Idle-scale tabs per user.
+    pub idle_tabs: usize,
+    /// Churn users.
+    pub churn_users: usize,
+    /// Tabs alive at once during churn (upper bound).
+    pub churn_tabs: usize,
+    /// Churn duration, seconds.
+    pub churn_secs: f64,
+    /// Storm users (one tab each).
+    pub storm_users: usize,
+}
+
+impl Profile {
+    /// The `make bench` profile: every scenario, scaled down to fit in
+    /// under five minutes for all five systems.
+    pub fn quick() -> Profile {
+        Profile {
+            name: "quick".into(),
+            fanout_users: 200,
+            fanout_tabs: 5,
+            rates: vec![4.0, 16.0, 64.0, 256.0, 1024.0],
+            step_secs: 3.0,
+            idle_users: 2000,
+            idle_tabs: 2,
+            churn_users: 300,
+            churn_tabs: 400,
+            churn_secs: 10.0,
+            storm_users: 2000,
+        }
+    }
+
+    /// The `make bench-full` profile: the sizes the issue names.
+    pub fn full() -> Profile {
+        Profile {
+            name: "full".into(),
+            fanout_users: 1000,
+            fanout_tabs: 5,
+            rates: vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
+            step_secs: 10.0,
+            idle_users: 10_000,
+            idle_tabs: 2,
+            churn_users: 2000,
+            churn_tabs: 3000,
+            churn_secs: 60.0,
+            storm_users: 10_000,
+        }
+    }
+}
+
+/// Tabs opened so far in this process: each gets its own source address.
+static TAB_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn spec_for(sys: &System, user: usize) -> TabSpec {
+    let i = TAB_SEQ.fetch_add(1, Ordering::Relaxed) as usize;
+    sys.tab_spec(user, i)
+}
+
+/// Open `specs` in batches (so the accept queue is not flooded), waiting for
+/// each batch with a deadline. Returns how many are open.
+async fn open_tabs(
+    specs: Vec<TabSpec>,
+    rec: &Arc<Recorder>,
+    stop: &CancellationToken,
+    within: Duration,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let base = rec.open.load(Ordering::SeqCst);
+    let mut launched = 0;
+    for batch in specs.chunks(500) {
+        for s in batch {
+            tokio::spawn(run_tab(s.clone(), rec.clone(), stop.clone()));
+        }
+        launched += batch.len();
+        let batch_deadline = (Instant::now() + Duration::from_secs(5)).min(deadline);
+        while rec.open.load(Ordering::SeqCst) < base + launched && Instant::now() < batch_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    while rec.open.load(Ordering::SeqCst) < base + launched && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rec.open.load(Ordering::SeqCst) - base
+}
+
+/// Emit at `rate` events per user per second for `secs`, 20 ticks a second,
+/// round-robin over users. Returns (events emitted, emit errors).
+async fn drive(sys: &Arc<System>, users: usize, rate: f64, secs: f64) -> (u64, u64) {
+    const TICK: f64 = 0.05;
+    let mut iv = tokio::time::interval(Duration::from_secs_f64(TICK));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let (mut carry, mut next, mut emitted, mut errors) = (0.0f64, 0usize, 0u64, 0u64);
+    let max_ticks = (secs / TICK).ceil() as u64 + 1;
+    for _ in 0..max_ticks {
+        iv.tick().await;
+        if Instant::now() >= end {
+            break;
+        }
+        carry += users as f64 * rate * TICK;
+        let n = carry.floor() as usize;
+        carry -= n as f64;
+        let batch: Vec<usize> = (0..n)
+            .map(|_| {
+                let u = next;
+                next = (next + 1) % users;
+                u
+            })
+            .collect();
+        match sys.emit(&batch, now_us()).await {
+            Ok(c) => emitted += c as u64,
+            Err(_) => errors += 1,
+        }
+    }
+    (emitted, errors)
+}
+
+fn ms(us: Option<u64>) -> Value {
+    us.map_or(Value::Null, |v| json!((v as f64) / 1000.0))
+}
+
+/// (a) Fan-out: U users × T tabs, rate stepped up until delivery falls behind.
+pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let (users, tabs) = (p.fanout_users, p.fanout_tabs);
+    let specs: Vec<TabSpec> = (0..users * tabs)
+        .map(|i| spec_for(sys, i % users))
+        .collect();
+    let open = open_tabs(specs, &rec, &stop, Duration::from_secs(60)).await;
+    // Let ssemux's upstreams (and anything lazy) settle before timing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let servers = sys.server_pids();
+    let backend: Vec<u32> = sys.backend_pid().into_iter().collect();
+    let mut steps = Vec::new();
+    let mut max_delivered: f64 = 0.0;
+    let mut peak_pss = 0u64;
+    for &rate in &p.rates {
+        rec.reset_delivery();
+        let s0 = procs::sample(&servers);
+        let b0 = procs::sample(&backend);
+        let c0 = procs::cpu_seconds(&[std::process::id()]);
+        let t0 = Instant::now();
+        let (emitted, errors) = drive(sys, users, rate, p.step_secs).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let in_window = rec.delivered.load(Ordering::SeqCst);
+        let mid = procs::sample(&servers);
+        let expected = emitted * 2 * open as u64 / users as u64;
+        // Drain: wait for stragglers, stop when done or no progress for 1 s.
+        let drain_end = Instant::now() + Duration::from_secs(5);
+        let (mut last, mut last_change) = (in_window, Instant::now());
+        while Instant::now() < drain_end {
+            let d = rec.delivered.load(Ordering::SeqCst);
+            if d >= expected {
+                break;
+            }
+            if d != last {
+                (last, last_change) = (d, Instant::now());
+            } else if last_change.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let received = rec.delivered.load(Ordering::SeqCst);
+        let s1 = procs::sample(&servers);
+        let b1 = procs::sample(&backend);
+        let c1 = procs::cpu_seconds(&[std::process::id()]);
+        peak_pss = peak_pss.max(mid.pss).max(s1.pss);
+        let offered = expected as f64 / elapsed;
+        let delivered = in_window as f64 / elapsed;
+        max_delivered = max_delivered.max(delivered);
+        let lost = expected as i64 - received as i64;
+        let p99 = rec.latency.quantile(0.99);
+        steps.push(json!({
+            "rate_per_user": rate,
+            "offered_per_s": offered,
+            "delivered_per_s": delivered,
+            "expected": expected,
+            "received": received,
+            "lost": lost,
+            "resyncs": rec.resyncs.load(Ordering::SeqCst),
+            "timed": rec.latency.count(),
+            "emit_errors": errors,
+            "p50_ms": ms(rec.latency.quantile(0.5)),
+            "p99_ms": ms(p99),
+            "p999_ms": ms(rec.latency.quantile(0.999)),
+            "server_cpu_s": s1.cpu_s - s0.cpu_s,
+            "server_cpu_cores": (mid.cpu_s - s0.cpu_s) / elapsed,
+            "backend_cpu_s": b1.cpu_s - b0.cpu_s,
+            "load_generator_cpu_s": c1 - c0,
+            "server_pss_bytes": s1.pss,
+        }));
+        let behind = delivered < 0.9 * offered
+            || lost > (expected / 100) as i64
+            || p99.is_some_and(|v| v > 2_000_000)
+            || errors > 0;
+        if behind {
+            break;
+        }
+    }
+    stop.cancel();
+    json!({
+        "users": users,
+        "tabs_per_user": tabs,
+        "tabs_open": open,
+        "failed_opens": rec.failed.load(Ordering::SeqCst),
+        "failure_reasons": rec.failures_json(),
+        "steps": steps,
+        "max_delivered_per_s": max_delivered,
+        "peak_server_pss_bytes": peak_pss,
+    })
+}
+
+/// (b) Idle scale: many tabs, no events; memory per tab.
+pub async fn idle(sys: &Arc<System>, p: &Profile) -> Value {
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let servers = sys.server_pids();
+    let backend: Vec<u32> = sys.backend_pid().into_iter().collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = procs::sample(&servers);
+    let bbase = procs::sample(&backend);
+    let n = p.idle_users * p.idle_tabs;
+    let specs: Vec<TabSpec> = (0..n).map(|i| spec_for(sys, i % p.idle_users)).collect();
+    let t0 = Instant::now();
+    let open = open_tabs(specs, &rec, &stop, Duration::from_secs(120)).await;
+    let open_secs = t0.elapsed().as_secs_f64();
+    // Let upstreams connect and allocator caches settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = procs::sample(&servers);
+    let bafter = procs::sample(&backend);
+    let upstream = sys.backend_streams().await.map(|(o, _)| o);
+    stop.cancel();
+    let per_tab = if open > 0 {
+        (after.pss.saturating_sub(base.pss)) as f64 / open as f64
+    } else {
+        0.0
+    };
+    json!({
+        "tabs": n,
+        "tabs_open": open,
+        "failed_opens": rec.failed.load(Ordering::SeqCst),
+        "failure_reasons": rec.failures_json(),
+        "open_secs": open_secs,
+        "server_pss_before": base.pss,
+        "server_pss_after": after.pss,
+        "server_pss_per_tab_bytes": per_tab,
+        "backend_pss_after": bafter.pss,
+        "backend_pss_per_tab_bytes": if open > 0 { (bafter.pss.saturating_sub(bbase.pss)) as f64 / open as f64 } else { 0.0 },
+        "backend_streams": upstream,
+        "server_cpu_s_to_open": after.cpu_s - base.cpu_s,
+    })
+}
+
+/// Why churn does not apply to publish-model systems.
+pub fn churn_na() -> Value {
+    json!({"n/a": "no per-user backend stream: tabs are held by the proxy and fed by publishes"})
+}
+
+/// Why the storm does not apply to publish-model systems.
+pub fn storm_na() -> Value {
+    json!({"n/a": "no backend stream to restart: the proxy holds the tabs and the publisher is stateless"})
+}
+
+/// (c) Churn: tabs of random users come and go; compare the backend's
+/// upstream streams with distinct users that have a live tab (plus those
+/// whose last tab left within the grace period).
+pub async fn churn(sys: &Arc<System>, p: &Profile, grace: Duration) -> Value {
+    if !sys.kind.has_backend_stream() {
+        return churn_na();
+    }
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let gauges: Arc<Vec<Arc<UserGauge>>> =
+        Arc::new((0..p.churn_users).map(|_| Arc::default()).collect());
+    let end = Instant::now() + Duration::from_secs_f64(p.churn_secs);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..p.churn_tabs {
+        let (sys, rec, stop, gauges) = (sys.clone(), rec.clone(), stop.clone(), gauges.clone());
+        let users = p.churn_users;
+        workers.spawn(async move {
+            // Bounded by time and by count.
+            for _ in 0..10_000 {
+                if Instant::now() >= end {
+                    break;
+                }
+                let u = fastrand::usize(0..users);
+                let mut spec = spec_for(&sys, u);
+                spec.user_gauge = Some(gauges[u].clone());
+                let tab_stop = stop.child_token();
+                let h = tokio::spawn(run_tab(spec, rec.clone(), tab_stop.clone()));
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(300..3000))).await;
+                tab_stop.cancel();
+                let _ = h.await;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
+            }
+        });
+    }
+    let mut samples = Vec::new();
+    let (mut in_bounds, mut total) = (0u64, 0u64);
+    let (mut max_over, mut max_under) = (0i64, 0i64);
+    for _ in 0..((p.churn_secs * 2.0) as usize + 2) {
+        if Instant::now() >= end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = now_us();
+        let live = gauges
+            .iter()
+            .filter(|g| g.open.load(Ordering::SeqCst) > 0)
+            .count() as i64;
+        let in_grace = gauges
+            .iter()
+            .filter(|g| {
+                g.open.load(Ordering::SeqCst) == 0
+                    && g.last_close_us.load(Ordering::SeqCst) > 0
+                    && now.saturating_sub(g.last_close_us.load(Ordering::SeqCst))
+                        < grace.as_micros() as u64 + 1_000_000
+            })
+            .count() as i64;
+        let Some((up, _)) = sys.backend_streams().await else {
+            continue;
+        };
+        let up = up as i64;
+        total += 1;
+        if up >= live && up <= live + in_grace {
+            in_bounds += 1;
+        }
+        max_over = max_over.max(up - (live + in_grace));
+        max_under = max_under.max(live - up);
+        samples.push(json!([live, in_grace, up]));
+    }
+    while workers.join_next().await.is_some() {}
+    // Every tab closed: after the grace period no upstream may remain.
+    let settle_end = Instant::now() + grace + Duration::from_secs(5);
+    let mut after = None;
+    while Instant::now() < settle_end {
+        after = sys.backend_streams().await.map(|(o, _)| o);
+        if after == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    json!({
+        "users": p.churn_users,
+        "concurrent_tabs": p.churn_tabs,
+        "secs": p.churn_secs,
+        "grace_secs": grace.as_secs_f64(),
+        "tab_opens": rec.opened.load(Ordering::SeqCst),
+        "failed_opens": rec.failed.load(Ordering::SeqCst),
+        "failure_reasons": rec.failures_json(),
+        "samples": total,
+        "samples_in_bounds": in_bounds,
+        "max_upstreams_over_live_plus_grace": max_over,
+        "max_live_users_without_upstream": max_under,
+        "upstreams_after_all_left": after,
+        "trace_live_grace_upstream": samples,
+    })
+}
+
+/// (d) Reconnect storm: one tab per user, restart the backend, time until
+/// every tab had its `resync`; peak new connections per second at the backend.
+pub async fn storm(sys: &Arc<System>, p: &Profile) -> Value {
+    if !sys.kind.has_backend_stream() {
+        return storm_na();
+    }
+    let rec = Arc::new(Recorder::default());
+    let stop = CancellationToken::new();
+    let n = p.storm_users;
+    let specs: Vec<TabSpec> = (0..n).map(|u| spec_for(sys, u)).collect();
+    let open = open_tabs(specs, &rec, &stop, Duration::from_secs(120)).await;
+    // Wait until the backend holds the streams the tabs imply.
+    let wait_end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < wait_end {
+        if sys
+            .backend_streams()
+            .await
+            .is_some_and(|(o, _)| o as usize >= open)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One event per user first, so every tab holds a Last-Event-ID it will
+    // present on reconnect, as a browser tab that has seen traffic does.
+    let users: Vec<usize> = (0..n).collect();
+    for chunk in users.chunks(1000) {
+        let _ = sys.emit(chunk, now_us()).await;
+    }
+    let primed_end = Instant::now() + Duration::from_secs(15);
+    while rec.delivered.load(Ordering::SeqCst) < 2 * open as u64 && Instant::now() < primed_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let primed = rec.delivered.load(Ordering::SeqCst);
+    let (_, opened0) = sys.backend_streams().await.unwrap_or((0, 0));
+    rec.arm_resync_mark();
+    let t0 = Instant::now();
+    if let Err(e) = sys.restart_backend().await {
+        stop.cancel();
+        return json!({"error": format!("restart failed: {e}")});
+    }
+    let mut series: Vec<(f64, u64)> = vec![(0.0, opened0)];
+    let deadline = t0 + Duration::from_secs(60);
+    let mut all_at = None;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some((_, opened)) = sys.backend_streams().await {
+            series.push((t0.elapsed().as_secs_f64(), opened));
+        }
+        if all_at.is_none() && rec.resynced_tabs.load(Ordering::SeqCst) >= open {
+            all_at = Some(t0.elapsed().as_secs_f64());
+        }
+        // Keep sampling a little after the last resync to see the tail.
+        if let Some(t) = all_at
+            && t0.elapsed().as_secs_f64() > t + 1.0
+        {
+            break;
+        }
+    }
+    // Peak over any 1-second window of the sampled counter.
+    let mut peak = 0.0f64;
+    for (i, &(ti, ci)) in series.iter().enumerate() {
+        for &(tj, cj) in &series[i + 1..] {
+            if tj - ti >= 1.0 {
+                peak = peak.max((cj - ci) as f64 / (tj - ti));
+                break;
+            }
+        }
+    }
+    if series.len() >= 2 && peak == 0.0 {
+        let (t, c) = series[series.len() - 1];
+        peak = (c - opened0) as f64 / t.max(1e-3);
+    }
+    stop.cancel();
+    json!({
+        "users": n,
+        "tabs_open": open,
+        "primed_triggers": primed,
+        "resynced_tabs": rec.resynced_tabs.load(Ordering::SeqCst),
+        "secs_until_all_resynced": all_at,
+        "backend_new_conns": series.last().map(|&(_, c)| c - opened0),
+        "peak_backend_new_conns_per_s": peak,
+    })
+}

@@ -1,0 +1,602 @@
+//! Systems: the five things under test, each started on loopback from the
+//! same recipe every run — ssemux + mock backend, nginx pass-through in front
+//! of the mock, Pushpin with a GRIP origin, nchan, and the raw floor — and the
+//! one way each of them is fed events and reached by tabs.
+//!
+//! Owns configs, ports, process start/stop and publishing. It must never
+//! leave a process behind (every child is a [`Proc`], killed on drop) and
+//! never skip a system silently: a start failure is returned as an error the
+//! runner reports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::client::{TabSpec, source_ip};
+use crate::procs::Proc;
+
+/// The systems, in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// ssemux in front of the mock backend.
+    Ssemux,
+    /// nginx `proxy_buffering off` in front of the mock: one upstream per tab.
+    NginxPassthrough,
+    /// Pushpin (GRIP) with a hold-stream origin and HTTP publishing.
+    Pushpin,
+    /// nginx + nchan pub/sub.
+    Nchan,
+    /// The raw tokio floor.
+    Floor,
+}
+
+impl Kind {
+    /// Every system, ssemux first (the reference for ratios).
+    pub const ALL: [Kind; 5] = [
+        Kind::Ssemux,
+        Kind::NginxPassthrough,
+        Kind::Pushpin,
+        Kind::Nchan,
+        Kind::Floor,
+    ];
+
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ssemux => "ssemux",
+            Kind::NginxPassthrough => "nginx-passthrough",
+            Kind::Pushpin => "pushpin",
+            Kind::Nchan => "nchan",
+            Kind::Floor => "raw-floor",
+        }
+    }
+
+    /// Parse a report name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether tabs of this system are fed by a per-user backend stream
+    /// (so backend restarts and upstream counts mean something).
+    pub fn has_backend_stream(self) -> bool {
+        matches!(self, Kind::Ssemux | Kind::NginxPassthrough)
+    }
+}
+
+/// Where binaries and scratch files are.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Directory holding `ssemux`, `ssemux-mock-upstream`, `ssemux-bench`.
+    pub bin_dir: PathBuf,
+    /// Scratch directory for configs and logs of this run.
+    pub work: PathBuf,
+    /// Extra `--set KEY=VALUE` overrides for ssemux (diagnostic runs).
+    pub ssemux_sets: Vec<String>,
+}
+
+const MOCK_PORT: u16 = 18_081;
+const SSEMUX_PORT: u16 = 18_080;
+const NGINX_PORT: u16 = 18_090;
+const NCHAN_PORT: u16 = 18_091;
+const PUSHPIN_PORT: u16 = 18_100;
+const PUSHPIN_PUBLISH_PORT: u16 = 18_101;
+const PUSHPIN_ORIGIN_PORT: u16 = 18_102;
+const FLOOR_PORT: u16 = 18_110;
+const FLOOR_CONTROL_PORT: u16 = 18_111;
+
+fn lo(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// One started system.
+pub struct System {
+    /// Which one.
+    pub kind: Kind,
+    servers: Vec<Proc>,
+    backend: Option<Proc>,
+    tab_addr: SocketAddr,
+    http: HttpClient,
+    cookies: Vec<String>,
+    floor_ctl: Option<Mutex<TcpStream>>,
+    origin: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(o) = self.origin.take() {
+            o.abort();
+        }
+        // Procs stop themselves on drop.
+    }
+}
+
+async fn wait_port(addr: SocketAddr, procs: &mut [Proc], within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        for p in procs.iter_mut() {
+            if let Some(st) = p.exited() {
+                anyhow::bail!("{} exited during start-up ({st})", p.name);
+            }
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("nothing listening on {addr} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+fn http_client() -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build(conn)
+}
+
+async fn spawn_mock(env: &Env) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(env.bin_dir.join("ssemux-mock-upstream"));
+    cmd.args(["--listen", &lo(MOCK_PORT).to_string()])
+        .env("RUST_LOG", "warn");
+    let mut p = vec![Proc::spawn(
+        "mock-upstream",
+        cmd,
+        &env.work.join("mock.log"),
+    )?];
+    wait_port(lo(MOCK_PORT), &mut p, Duration::from_secs(15)).await?;
+    p.pop().ok_or_else(|| anyhow::anyhow!("mock vanished"))
+}
+
+fn nginx_conf(env: &Env, name: &str, body: &str, module: Option<&str>) -> anyhow::Result<PathBuf> {
+    let dir = env.work.join(name);
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let d = dir.display();
+    let load = module
+        .map(|m| format!("load_module {m};\n"))
+        .unwrap_or_default();
+    let conf = format!(
+        "{load}worker_processes 2;\nworker_rlimit_nofile 200000;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\nevents {{ worker_connections 100000; multi_accept on; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
+         fastcgi_temp_path {d}/tmp/fcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
+         keepalive_requests 1000000;\n{body}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+async fn spawn_nginx(env: &Env, name: &str, conf: &Path, port: u16) -> anyhow::Result<Proc> {
+    let nginx = which("nginx")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+        .ok_or_else(|| anyhow::anyhow!("nginx is not installed"))?;
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(env.work.join(name))
+        .arg("-c")
+        .arg(conf)
+        .args(["-g", "daemon off;"]);
+    let mut p = vec![Proc::spawn(
+        name,
+        cmd,
+        &env.work.join(format!("{name}.log")),
+    )?];
+    wait_port(lo(port), &mut p, Duration::from_secs(15)).await?;
+    p.pop().ok_or_else(|| anyhow::anyhow!("nginx vanished"))
+}
+
+/// Pushpin's config: its stock internal.conf with the zurl IPC specs moved
+/// into our rundir (the Debian build points them at a system zurl service),
+/// zurl started by the runner, and no delivery rate cap.
+fn pushpin_conf(env: &Env) -> anyhow::Result<PathBuf> {
+    let dir = env.work.join("pushpin");
+    for sub in ["run", "log"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let internal = std::fs::read_to_string("/usr/lib/pushpin/internal.conf")
+        .map_err(|e| anyhow::anyhow!("pushpin is not installed (internal.conf: {e})"))?
+        .replace(
+            "ipc:///var/run/zurl/zurl-",
+            "ipc://{rundir}/{ipc_prefix}zurl-",
+        );
+    std::fs::write(dir.join("internal.conf"), internal)?;
+    std::fs::write(
+        dir.join("routes"),
+        format!("* 127.0.0.1:{PUSHPIN_ORIGIN_PORT}\n"),
+    )?;
+    let d = dir.display();
+    let conf = format!(
+        "[global]\ninclude={d}/internal.conf\nrundir={d}/run\nipc_prefix=pushpin-\nport_offset=0\n\
+         stats_connection_ttl=120\n\n\
+         [runner]\nservices=condure,zurl,pushpin-proxy,pushpin-handler\nhttp_port={PUSHPIN_PORT}\n\
+         logdir={d}/log\nlog_level=1\nclient_buffer_size=8192\nclient_maxconn=200000\n\
+         condure_bin=condure\nmongrel2_bin=mongrel2\nm2sh_bin=m2sh\nzurl_bin=zurl\n\n\
+         [proxy]\nroutesfile={d}/routes\ndebug=false\nauto_cross_origin=false\n\
+         accept_x_forwarded_protocol=false\nset_x_forwarded_protocol=proto-only\nx_forwarded_for=\n\
+         x_forwarded_for_trusted=\norig_headers_need_mark=\naccept_pushpin_route=false\nlog_from=false\n\
+         log_user_agent=false\nsig_iss=pushpin\nsig_key=changeme\nupstream_key=\nupdates_check=off\n\
+         organization_name=\n\n\
+         [handler]\npush_in_spec=tcp://127.0.0.1:18103\npush_in_sub_specs=tcp://127.0.0.1:18104\n\
+         push_in_sub_connect=false\npush_in_http_addr=127.0.0.1\npush_in_http_port={PUSHPIN_PUBLISH_PORT}\n\
+         push_in_http_max_headers_size=10000\npush_in_http_max_body_size=100000000\n\
+         stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\ncommand_spec=tcp://127.0.0.1:18105\n\
+         message_rate=0\nmessage_hwm=10000000\nmessage_wait=5000\nid_cache_ttl=60\n\
+         connection_subscription_max=20\nsubscription_linger=60\nstats_subscription_ttl=60\n\
+         stats_report_interval=10\nstats_format=tnetstring\n"
+    );
+    let path = dir.join("pushpin.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+/// The GRIP origin Pushpin proxies tab requests to: every `/events/<user>`
+/// is held open as a stream on channel `user-<user>`.
+async fn grip_origin(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let user = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/events/")
+                        .filter(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric()))
+                        .map(str::to_string);
+                    let resp = match user {
+                        Some(u) => http::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .header("cache-control", "no-cache")
+                            .header("grip-hold", "stream")
+                            .header("grip-channel", format!("user-{u}"))
+                            .body(Full::new(Bytes::new())),
+                        None => http::Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::new())),
+                    };
+                    Ok::<_, http::Error>(resp.unwrap_or_default())
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+impl System {
+    /// Start `kind` and log in `users` users where the system needs sessions.
+    pub async fn start(kind: Kind, env: &Env, users: usize) -> anyhow::Result<System> {
+        let mut sys = System {
+            kind,
+            servers: Vec::new(),
+            backend: None,
+            tab_addr: lo(SSEMUX_PORT),
+            http: http_client(),
+            cookies: Vec::new(),
+            floor_ctl: None,
+            origin: None,
+        };
+        match kind {
+            Kind::Ssemux => {
+                sys.backend = Some(spawn_mock(env).await?);
+                let mut cmd = Command::new(env.bin_dir.join("ssemux"));
+                cmd.arg("serve")
+                    .args(["--backend", &format!("http://{}", lo(MOCK_PORT))])
+                    .args(["--listen", &lo(SSEMUX_PORT).to_string()])
+                    .args(["--set", "hub.max_total_tabs=1000000"])
+                    .args(env.ssemux_sets.iter().flat_map(|s| ["--set", s.as_str()]))
+                    .env("SSEMUX_LOG", "warn");
+                let mut p = vec![Proc::spawn("ssemux", cmd, &env.work.join("ssemux.log"))?];
+                wait_port(lo(SSEMUX_PORT), &mut p, Duration::from_secs(15)).await?;
+                sys.servers = p;
+                sys.tab_addr = lo(SSEMUX_PORT);
+            }
+            Kind::NginxPassthrough => {
+                sys.backend = Some(spawn_mock(env).await?);
+                let body = format!(
+                    "  upstream backend {{ server 127.0.0.1:{MOCK_PORT}; keepalive 256; }}\n\
+                     server {{\n    listen 127.0.0.1:{NGINX_PORT} backlog=65535;\n\
+                     location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
+                     proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+                     proxy_read_timeout 1h;\n    }}\n  }}"
+                );
+                let conf = nginx_conf(env, "nginx", &body, None)?;
+                sys.servers = vec![spawn_nginx(env, "nginx", &conf, NGINX_PORT).await?];
+                sys.tab_addr = lo(NGINX_PORT);
+            }
+            Kind::Nchan => {
+                let module = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+                if !Path::new(module).is_file() {
+                    anyhow::bail!("nchan is not installed ({module} missing)");
+                }
+                let body = format!(
+                    "  nchan_shared_memory_size 512m;\n  server {{\n    listen 127.0.0.1:{NCHAN_PORT} backlog=65535;\n\
+                     location ~ ^/sub/(\\w+)$ {{\n      nchan_subscriber eventsource;\n      nchan_channel_id $1;\n    }}\n\
+                     location ~ ^/pub/(\\w+)$ {{\n      allow 127.0.0.1;\n      deny all;\n      nchan_publisher;\n\
+                     nchan_channel_id $1;\n      nchan_message_buffer_length 16;\n      nchan_message_timeout 60s;\n    }}\n  }}"
+                );
+                let conf = nginx_conf(env, "nchan", &body, Some(module))?;
+                sys.servers = vec![spawn_nginx(env, "nchan", &conf, NCHAN_PORT).await?];
+                sys.tab_addr = lo(NCHAN_PORT);
+            }
+            Kind::Pushpin => {
+                let bin =
+                    which("pushpin").ok_or_else(|| anyhow::anyhow!("pushpin is not installed"))?;
+                let origin = tokio::net::TcpListener::bind(lo(PUSHPIN_ORIGIN_PORT)).await?;
+                sys.origin = Some(tokio::spawn(grip_origin(origin)));
+                let conf = pushpin_conf(env)?;
+                let mut cmd = Command::new(bin);
+                cmd.arg("--config")
+                    .arg(&conf)
+                    .arg("--merge-output")
+                    .args(["--port", &lo(PUSHPIN_PORT).to_string()]);
+                let mut p = vec![Proc::spawn("pushpin", cmd, &env.work.join("pushpin.log"))?];
+                wait_port(lo(PUSHPIN_PORT), &mut p, Duration::from_secs(30)).await?;
+                wait_port(lo(PUSHPIN_PUBLISH_PORT), &mut p, Duration::from_secs(30)).await?;
+                sys.servers = p;
+                sys.tab_addr = lo(PUSHPIN_PORT);
+            }
+            Kind::Floor => {
+                let mut cmd = Command::new(env.bin_dir.join("ssemux-bench"));
+                cmd.arg("floor")
+                    .args(["--listen", &lo(FLOOR_PORT).to_string()])
+                    .args(["--control", &lo(FLOOR_CONTROL_PORT).to_string()]);
+                let mut p = vec![Proc::spawn("floor", cmd, &env.work.join("floor.log"))?];
+                wait_port(lo(FLOOR_PORT), &mut p, Duration::from_secs(15)).await?;
+                sys.servers = p;
+                sys.tab_addr = lo(FLOOR_PORT);
+                let ctl = TcpStream::connect(lo(FLOOR_CONTROL_PORT)).await?;
+                ctl.set_nodelay(true)?;
+                sys.floor_ctl = Some(Mutex::new(ctl));
+            }
+        }
+        sys.login(users).await?;
+        Ok(sys)
+    }
+
+    /// Log users `0..users` in at the mock (systems that need sessions).
+    async fn login(&mut self, users: usize) -> anyhow::Result<()> {
+        if !self.kind.has_backend_stream() {
+            return Ok(());
+        }
+        let mut set = tokio::task::JoinSet::new();
+        let chunk = users.div_ceil(16).max(1);
+        for start in (0..users).step_by(chunk) {
+            let http = self.http.clone();
+            set.spawn(async move {
+                let mut out = Vec::new();
+                for u in start..(start + chunk).min(users) {
+                    let req = http::Request::post(format!("http://{}/login", lo(MOCK_PORT)))
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(format!("{{\"user\":\"user{u}\"}}"))))?;
+                    let resp = http.request(req).await?;
+                    let cookie = resp
+                        .headers()
+                        .get(http::header::SET_COOKIE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split(';').next())
+                        .ok_or_else(|| anyhow::anyhow!("login of user{u} set no cookie"))?
+                        .to_string();
+                    let _ = resp.into_body().collect().await;
+                    out.push((u, cookie));
+                }
+                anyhow::Ok(out)
+            });
+        }
+        let mut cookies = vec![String::new(); users];
+        while let Some(r) = set.join_next().await {
+            for (u, c) in r?? {
+                cookies[u] = c;
+            }
+        }
+        self.cookies = cookies;
+        Ok(())
+    }
+
+    /// How tab number `i` of user `user` connects.
+    pub fn tab_spec(&self, user: usize, i: usize) -> TabSpec {
+        let (path, cookie) = match self.kind {
+            Kind::Ssemux => ("/events".to_string(), self.cookies.get(user).cloned()),
+            Kind::NginxPassthrough => (
+                "/api/v1/events".to_string(),
+                self.cookies.get(user).cloned(),
+            ),
+            Kind::Pushpin | Kind::Floor => (format!("/events/user{user}"), None),
+            Kind::Nchan => (format!("/sub/user{user}"), None),
+        };
+        TabSpec {
+            addr: self.tab_addr,
+            path,
+            cookie,
+            source: source_ip(i),
+            user_gauge: None,
+        }
+    }
+
+    /// Root pids of the server processes (the thing measured).
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().map(Proc::pid).collect()
+    }
+
+    /// Root pid of the mock backend, if this system has one.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.backend.as_ref().map(Proc::pid)
+    }
+
+    async fn post(
+        &self,
+        url: String,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> anyhow::Result<()> {
+        let mut req = http::Request::post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .http
+            .request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if !status.is_success() {
+            anyhow::bail!("publish answered {status}");
+        }
+        Ok(())
+    }
+
+    /// Emit one event stamped `ts` (µs) for each user in `users`; every
+    /// system turns it into the same two triggers per tab. Returns how many
+    /// user events were accepted.
+    pub async fn emit(self: &Arc<Self>, users: &[usize], ts: u64) -> anyhow::Result<usize> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        match self.kind {
+            Kind::Ssemux => {
+                let mut body = String::with_capacity(users.len() * 48);
+                for u in users {
+                    body.push_str(&format!(
+                        "user{u}\tinbound\t{{\"peer\":\"{ts}\",\"rowId\":0}}\n"
+                    ));
+                }
+                self.post(
+                    format!("http://{}/__admin/emit-batch", lo(MOCK_PORT)),
+                    &[],
+                    body,
+                )
+                .await?;
+            }
+            Kind::NginxPassthrough => {
+                // Pass-through has nobody to translate: the backend sends the
+                // two triggers itself.
+                let mut body = String::with_capacity(users.len() * 64);
+                for u in users {
+                    body.push_str(&format!(
+                        "user{u}\tthread-updated\t{ts}\nuser{u}\tcontact-changed\t{ts}\n"
+                    ));
+                }
+                self.post(
+                    format!("http://{}/__admin/emit-batch", lo(MOCK_PORT)),
+                    &[],
+                    body,
+                )
+                .await?;
+            }
+            Kind::Pushpin => {
+                let content = format!(
+                    "event: thread-updated\ndata: {ts}\n\nevent: contact-changed\ndata: {ts}\n\n"
+                );
+                let items: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "channel": format!("user-user{u}"),
+                            "formats": {"http-stream": {"content": content}}
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({ "items": items }).to_string();
+                self.post(
+                    format!("http://{}/publish/", lo(PUSHPIN_PUBLISH_PORT)),
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await?;
+            }
+            Kind::Nchan => {
+                // One POST per trigger per user (nchan's publishing model),
+                // over a few parallel keep-alive connections.
+                let lanes = 8.min(users.len());
+                let chunk = users.len().div_ceil(lanes);
+                let mut set = tokio::task::JoinSet::new();
+                for part in users.chunks(chunk) {
+                    let part = part.to_vec();
+                    let me = self.clone();
+                    set.spawn(async move {
+                        for u in part {
+                            for ev in ["thread-updated", "contact-changed"] {
+                                me.post(
+                                    format!("http://{}/pub/user{u}", lo(NCHAN_PORT)),
+                                    &[("x-eventsource-event", ev)],
+                                    ts.to_string(),
+                                )
+                                .await?;
+                            }
+                        }
+                        anyhow::Ok(())
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    r??;
+                }
+            }
+            Kind::Floor => {
+                let mut lines = String::with_capacity(users.len() * 24);
+                for u in users {
+                    lines.push_str(&format!("user{u} {ts}\n"));
+                }
+                if let Some(ctl) = &self.floor_ctl {
+                    ctl.lock().await.write_all(lines.as_bytes()).await?;
+                }
+            }
+        }
+        Ok(users.len())
+    }
+
+    /// The mock's stream counters: (open now, opened since start).
+    pub async fn backend_streams(&self) -> Option<(u64, u64)> {
+        self.backend.as_ref()?;
+        let req = http::Request::get(format!("http://{}/__admin/stats", lo(MOCK_PORT)))
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some((
+            v.get("openStreamsTotal")?.as_u64()?,
+            v.get("streamsOpenedTotal")?.as_u64()?,
+        ))
+    }
+
+    /// Restart the backend: new epoch, every stream dropped.
+    pub async fn restart_backend(&self) -> anyhow::Result<()> {
+        self.post(
+            format!("http://{}/__admin/restart", lo(MOCK_PORT)),
+            &[],
+            String::new(),
+        )
+        .await
+    }
+}
