@@ -80,3 +80,19 @@ fuzz:
 CHAOS_SECS ?= 300
 chaos:
 	SSEMUX_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p ssemux-tests --test chaos -- --nocapture
+
+.PHONY: bench bench-full bench-build bench-deps
+
+## Side-by-side benchmarks: ssemux, nginx pass-through, Pushpin, nchan and a
+## raw fan-out floor, same scenarios, one run. Writes docs/benchmarks.md,
+## docs/bench/run-*.json and the plot. Not part of `make test`. `bench` is the
+## quick profile (under 5 minutes), `bench-full` the issue's sizes.
+BENCH_BIN = $(or $(CARGO_TARGET_DIR),target)/release/ssemux-bench
+bench-deps:
+	./bench/install-peers.sh
+bench-build:
+	$(CARGO) build --release -p ssemux -p ssemux-mock-upstream -p ssemux-bench
+bench: bench-deps bench-build
+	$(BENCH_BIN) run --profile quick
+bench-full: bench-deps bench-build
+	$(BENCH_BIN) run --profile full
