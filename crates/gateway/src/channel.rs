@@ -37,7 +37,8 @@ pub struct Attach {
 struct Credential {
     key: u64,
     cookie: String,
-    live: bool,
+    // Tabs holding this cookie right now; 0 = kept only for grace.
+    holders: usize,
     refused: bool,
 }
 
@@ -224,35 +225,39 @@ impl Channel {
     }
 
     /// Remember a tab's credentials (its `Cookie` header). Returns the key to
-    /// release them with.
+    /// release them with. Tabs of one session share one entry, counted, so
+    /// the session stays usable until its last tab leaves.
     pub fn add_credential(&self, cookie: &str) -> u64 {
         let mut st = self.lock();
+        if let Some(c) = st.creds.iter_mut().find(|c| c.cookie == cookie) {
+            c.holders += 1;
+            // The tab just authenticated with it: worth trying again.
+            c.refused = false;
+            return c.key;
+        }
         let key = st.next_key;
         st.next_key += 1;
-        if let Some(c) = st.creds.iter_mut().find(|c| c.cookie == cookie) {
-            // Same session in another tab: one entry, refreshed.
-            c.key = key;
-            c.live = true;
-            c.refused = false;
-        } else {
-            st.creds.push(Credential {
-                key,
-                cookie: cookie.to_string(),
-                live: true,
-                refused: false,
-            });
-        }
+        st.creds.push(Credential {
+            key,
+            cookie: cookie.to_string(),
+            holders: 1,
+            refused: false,
+        });
         key
     }
 
-    /// The tab that brought `key` left. The last credential is kept (not
-    /// live) so the upstream can still reconnect during grace.
+    /// A tab that brought `key` left. When no tab holds the credential any
+    /// more it is dropped, except the last one, which is kept (not live) so
+    /// the upstream can still reconnect during grace.
     pub fn remove_credential(&self, key: u64) {
         let mut st = self.lock();
-        if st.creds.len() > 1 {
-            st.creds.retain(|c| c.key != key);
-        } else if let Some(c) = st.creds.iter_mut().find(|c| c.key == key) {
-            c.live = false;
+        let Some(i) = st.creds.iter().position(|c| c.key == key) else {
+            return;
+        };
+        let c = &mut st.creds[i];
+        c.holders = c.holders.saturating_sub(1);
+        if c.holders == 0 && st.creds.len() > 1 {
+            st.creds.remove(i);
         }
     }
 
@@ -262,7 +267,7 @@ impl Channel {
         let st = self.lock();
         let usable = || st.creds.iter().filter(|c| !c.refused);
         usable()
-            .find(|c| c.live)
+            .find(|c| c.holders > 0)
             .or_else(|| usable().next())
             .map(|c| (c.key, c.cookie.clone()))
     }
@@ -349,6 +354,25 @@ mod tests {
         assert_eq!(ch.credential().map(|c| c.1), Some("session=b".into()));
         ch.refuse_credential(k2);
         assert_eq!(ch.credential(), None);
+    }
+
+    #[test]
+    fn a_session_stays_usable_until_its_last_tab_leaves() {
+        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let first = ch.add_credential("session=a");
+        let other = ch.add_credential("session=b");
+        let second = ch.add_credential("session=a");
+        assert_eq!(first, second, "one entry per session");
+        // The later tab of session a leaves; the earlier one is still here.
+        ch.remove_credential(second);
+        ch.refuse_credential(other);
+        assert_eq!(ch.credential().map(|c| c.1), Some("session=a".into()));
+        ch.remove_credential(first);
+        // Only b's tab is left, and b was refused: nothing usable (logout).
+        assert_eq!(ch.credential(), None);
+        // When b's tab leaves too, b is kept for grace (the last one).
+        ch.remove_credential(other);
+        assert_eq!(ch.lock().creds.len(), 1);
     }
 
     #[test]

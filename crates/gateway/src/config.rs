@@ -450,6 +450,16 @@ impl Config {
             }
             _ => return bad("backend", "must be an absolute http:// or https:// URL"),
         }
+        // The proxy forwards to scheme://host:port/path only; anything else in
+        // the URL would be silently lost (or make every request fail).
+        if let Ok(u) = self.backend.parse::<http::Uri>() {
+            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return bad("backend", "must not contain user:password@");
+            }
+            if u.query().is_some() {
+                return bad("backend", "must not have a ?query");
+            }
+        }
         for (key, p) in [
             ("events_path", &self.events_path),
             ("auth.me_path", &self.auth.me_path),
@@ -571,11 +581,18 @@ pub fn env_name(key: &str) -> String {
 }
 
 fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
+    // A value is typed by its key, not by how it looks: `123` is a fine
+    // cookie name, and only numeric or boolean keys take numbers or booleans.
+    let value = if key_takes_scalar(key) {
+        scalar(raw)
+    } else {
+        toml::Value::String(raw.trim().to_string())
+    };
     let mut cur = table;
     let mut parts = key.split('.').peekable();
     while let Some(part) = parts.next() {
         if parts.peek().is_none() {
-            cur.insert(part.to_string(), scalar(raw));
+            cur.insert(part.to_string(), value);
             return;
         }
         let entry = cur
@@ -591,8 +608,29 @@ fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
     }
 }
 
-/// An override value: integers and booleans keep their type so they land in
-/// numeric keys; everything else is a string.
+/// Whether `key`'s default value is a number or a boolean (optional keys,
+/// which have no default, are all paths or addresses: strings).
+fn key_takes_scalar(key: &str) -> bool {
+    let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(Config::default()) else {
+        return true;
+    };
+    let mut cur = &defaults;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match (cur.get(part), parts.peek().is_none()) {
+            (Some(toml::Value::Table(t)), false) => cur = t,
+            (Some(v), true) => {
+                return matches!(v, toml::Value::Integer(_) | toml::Value::Boolean(_));
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// An override value for a numeric or boolean key: integers and booleans
+/// keep their type; anything else stays a string (and fails to load with the
+/// key named).
 fn scalar(raw: &str) -> toml::Value {
     let raw = raw.trim();
     if let Ok(i) = raw.parse::<i64>() {
@@ -619,6 +657,28 @@ mod tests {
         cfg.validate().expect("defaults valid");
         let again = Config::from_parts(&cfg.to_toml(), none(), &[]).expect("round trip");
         assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn override_values_are_typed_by_their_key() {
+        let env = vec![("SSEMUX_AUTH_SESSION_COOKIE".to_string(), "123".to_string())];
+        let cfg = Config::from_parts("", env, &["hub.ring_size=32".into()]).expect("loads");
+        assert_eq!(cfg.auth.session_cookie, "123");
+        assert_eq!(cfg.hub.ring_size, 32);
+        let err = Config::from_parts("", none(), &["hub.ring_size=many".into()]);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn backend_urls_the_proxy_cannot_honour_are_refused() {
+        for bad in ["http://u:p@backend:8080", "http://backend:8080/?x=1"] {
+            let err = Config::from_parts("", none(), &[format!("backend={bad}")])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("backend"), "{bad}: {err}");
+        }
+        Config::from_parts("", none(), &["backend=https://backend:8443/prefix".into()])
+            .expect("a path prefix is fine");
     }
 
     #[test]

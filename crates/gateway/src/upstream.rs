@@ -426,6 +426,9 @@ impl Upstream {
         let started = Instant::now();
         let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
         match translate::translate(&rules, event, data) {
+            // The delivery guarantee rests on upstream resyncs reaching the
+            // tabs; a rule set that forgot `resync` must not break it.
+            Translation::Unmatched if event == translate::RESYNC => self.publish_resync(channel),
             Translation::Unmatched => {
                 tracing::debug!(user = %channel.user(), event, "upstream event without rule dropped");
             }

@@ -518,3 +518,46 @@ async fn reconnect_storm_is_paced_across_users() {
     );
     drop(tabs);
 }
+
+/// A custom rule set that forgot `resync` still forwards the upstream's
+/// resync: the delivery guarantee does not depend on the configuration.
+#[tokio::test(start_paused = true)]
+async fn upstream_resync_survives_rules_without_it() {
+    let script = Arc::new(Script::default());
+    let rules = Rules {
+        rules: Rules::default()
+            .rules
+            .into_iter()
+            .filter(|r| r.event != "resync")
+            .collect(),
+    };
+    let upstream = Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(rules),
+        settings(),
+        None,
+    );
+    let hub = Hub::new(
+        HubSettings {
+            grace: GRACE,
+            ring_size: 8,
+            broadcast_buffer: 8,
+            max_tabs_per_user: 4,
+            max_total_tabs: 4,
+        },
+        upstream,
+    );
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    send(
+        &script.stream(0),
+        "id: 1\nevent: resync\ndata: {}\n\nid: 2\nevent: custom\ndata: x\n\n",
+    );
+    settle().await;
+    assert_eq!(
+        event_names(&mut rx),
+        vec!["resync"],
+        "unmatched others still dropped"
+    );
+}
