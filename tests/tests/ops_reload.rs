@@ -1,6 +1,6 @@
 //! Configuration reload, called directly: new translation rules apply to the
-//! next upstream event on streams that stay open; a configuration that does
-//! not validate changes nothing; sections that need a restart are named.
+//! next upstream event on streams that stay open, tab limits to the next
+//! tab; a configuration that does not validate changes nothing; sections that need a restart are named.
 
 mod common;
 
@@ -71,6 +71,29 @@ async fn new_rules_apply_to_open_streams_and_bad_ones_are_refused() {
             .map(|e| e.data.as_str()),
         Some("bob")
     );
+
+    // Tab limits apply to the next tab; the open one stays.
+    let mut limited = cfg.clone();
+    limited.hub.max_tabs_per_user = 1;
+    let r = env.gateway.reload(&limited).expect("reload");
+    assert_eq!(r.applied, vec!["hub limits"]);
+    assert!(r.need_restart.is_empty(), "{:?}", r.need_restart);
+    assert_eq!(
+        common::Tab::open(env.addr, "/events", &alice, None)
+            .await
+            .err(),
+        Some(http::StatusCode::TOO_MANY_REQUESTS)
+    );
+    env.backend.send_message("bob", "alice", "four");
+    assert_eq!(
+        tab.until("new-message")
+            .await
+            .last()
+            .map(|e| e.data.as_str()),
+        Some("bob")
+    );
+    env.gateway.reload(&cfg).expect("limits back");
+    let _second = env.tab(&alice).await;
 
     // A section that cannot change at run time is reported, not applied.
     let mut later = cfg.clone();

@@ -350,6 +350,29 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
         }
     }
 
+    // What an operator sees: each surviving instance's /metrics.
+    let mut sums = HashMap::<&str, f64>::new();
+    for env in &envs[1..] {
+        let (status, _, text) = common::request(env.addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, http::StatusCode::OK);
+        for series in [
+            "ssemux_tabs_open",
+            "ssemux_channels_open",
+            "ssemux_upstream_connections_open",
+            "ssemux_upstream_connects_total",
+            "ssemux_resyncs_total{cause=\"epoch\"}",
+        ] {
+            *sums.entry(series).or_default() += metric(&text, series);
+        }
+    }
+    assert_eq!(sums["ssemux_tabs_open"], (USERS * TABS_PER_USER) as f64);
+    assert_eq!(sums["ssemux_channels_open"], USERS as f64);
+    assert_eq!(sums["ssemux_upstream_connections_open"], USERS as f64);
+    assert_eq!(sums["ssemux_upstream_connects_total"], USERS as f64);
+    assert!(
+        sums["ssemux_resyncs_total{cause=\"epoch\"}"] >= (victims.len() * TABS_PER_USER) as f64
+    );
+
     emit_round(&backend, &users, "second");
     wait_for("every tab got its second trigger", || {
         every_tab_saw(&logs, "second")
@@ -379,6 +402,16 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
         nginx.error_log()
     );
     drop(nginx);
+}
+
+/// The value of one series in a Prometheus text exposition (0 if absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 fn emit_round(backend: &MockBackend, users: &[String], round: &str) {

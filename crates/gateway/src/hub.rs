@@ -74,6 +74,10 @@ struct Inner {
     shutdown: CancellationToken,
     upstreams_started: AtomicU64,
     total_tabs: AtomicUsize,
+    /// The two limits a config reload may change while running; read on
+    /// every subscribe, so they apply to the next tab (open tabs stay).
+    max_tabs_per_user: AtomicUsize,
+    max_total_tabs: AtomicUsize,
 }
 
 /// Shared handle to the hub.
@@ -110,6 +114,8 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 entries: DashMap::new(),
+                max_tabs_per_user: AtomicUsize::new(settings.max_tabs_per_user),
+                max_total_tabs: AtomicUsize::new(settings.max_total_tabs),
                 settings,
                 upstream: Arc::new(upstream),
                 shutdown: CancellationToken::new(),
@@ -126,14 +132,14 @@ impl Hub {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
-        let total_limit = self.inner.settings.max_total_tabs;
+        let total_limit = self.inner.max_total_tabs.load(Ordering::Relaxed);
         self.inner
             .total_tabs
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < total_limit).then_some(n + 1)
             })
             .map_err(|_| HubError::Full(total_limit))?;
-        let limit = self.inner.settings.max_tabs_per_user;
+        let limit = self.inner.max_tabs_per_user.load(Ordering::Relaxed);
         let mut entry = self
             .inner
             .entries
@@ -246,6 +252,17 @@ impl Hub {
     /// The channel of `user`, if one exists.
     pub fn channel(&self, user: &str) -> Option<Arc<Channel>> {
         self.inner.entries.get(user).map(|e| e.channel.clone())
+    }
+
+    /// Replace the tab limits (config reload). Tabs already open above a
+    /// lowered limit stay; only new tabs are refused.
+    pub fn set_limits(&self, max_tabs_per_user: usize, max_total_tabs: usize) {
+        self.inner
+            .max_tabs_per_user
+            .store(max_tabs_per_user, Ordering::Relaxed);
+        self.inner
+            .max_total_tabs
+            .store(max_total_tabs, Ordering::Relaxed);
     }
 
     /// Upstream tasks started since the hub was created.

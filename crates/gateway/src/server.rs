@@ -186,8 +186,9 @@ impl Gateway {
     }
 
     /// Apply a new configuration to the running gateway: the translation
-    /// rules take effect for the next upstream event; open streams keep
-    /// running. Sections that cannot change at run time are reported, not
+    /// rules take effect for the next upstream event, the tab limits
+    /// (`hub.max_tabs_per_user`, `hub.max_total_tabs`) for the next tab; open
+    /// streams keep running. Sections that cannot change at run time are reported, not
     /// applied. A configuration that does not validate changes nothing.
     pub fn reload(&self, new: &Config) -> Result<Reloaded, crate::config::ConfigError> {
         new.validate()?;
@@ -198,6 +199,15 @@ impl Gateway {
                 Arc::new(new.translate.clone());
             live.translate = new.translate.clone();
             out.applied.push("translate");
+        }
+        if (new.hub.max_tabs_per_user, new.hub.max_total_tabs)
+            != (live.hub.max_tabs_per_user, live.hub.max_total_tabs)
+        {
+            let s = HubSettings::from(&new.hub);
+            self.hub.set_limits(s.max_tabs_per_user, s.max_total_tabs);
+            live.hub.max_tabs_per_user = new.hub.max_tabs_per_user;
+            live.hub.max_total_tabs = new.hub.max_total_tabs;
+            out.applied.push("hub limits");
         }
         let l = &*live;
         for (section, same) in [
