@@ -529,3 +529,60 @@ async fn events_during_drain_get_a_retry_hint_not_an_error() {
     }
     assert!(parser.next_item().is_none(), "nothing else: {body:?}");
 }
+
+/// A tab that arrives without an id is told its position at once (an id-only
+/// frame, no event), so a drop before its first trigger still resumes by
+/// replay instead of losing what happened in between.
+#[tokio::test]
+async fn a_fresh_tab_learns_its_position_before_any_trigger() {
+    let env = Env::start(&[]).await;
+    let (cookie, _keeper) = connected(&env, "alice").await;
+    emit_one(&env, "alice", "before");
+    assert!(wait_for(WAIT, || last_seq(&env, "alice") == 1).await);
+
+    let stream = tokio::net::TcpStream::connect(env.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get("/events")
+        .header("host", env.addr.to_string())
+        .header("cookie", &cookie)
+        .body(Empty::<Bytes>::new())
+        .expect("req");
+    let mut body = send.send_request(req).await.expect("response").into_body();
+    let mut parser = ssemux_sse::Parser::new(1 << 16);
+    let position = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = body.frame().await.expect("open").expect("frame");
+            parser.push(&frame.into_data().unwrap_or_default());
+            while let Some(item) = parser.next_item() {
+                assert!(
+                    !matches!(item, Ok(ssemux_sse::Item::Event(_))),
+                    "no event is dispatched for the position"
+                );
+            }
+            if !parser.last_event_id().is_empty() {
+                return parser.last_event_id().to_string();
+            }
+        }
+    })
+    .await
+    .expect("position in time");
+    assert!(position.ends_with("-1"), "{position}");
+    drop(body);
+    conn.abort();
+
+    // Dropped before any trigger; two happen; the browser reconnects with
+    // the id it was given and gets exactly those two.
+    emit_one(&env, "alice", "missed-1");
+    emit_one(&env, "alice", "missed-2");
+    assert!(wait_for(WAIT, || last_seq(&env, "alice") == 3).await);
+    let mut back = Tab::open(env.addr, "/events", &cookie, Some(&position))
+        .await
+        .expect("reconnects");
+    assert_eq!(back.next().await.data, "missed-1");
+    assert_eq!(back.next().await.data, "missed-2");
+}

@@ -30,6 +30,11 @@ pub struct Attach {
     /// The id could not be served (unknown epoch, fell out of the ring, or
     /// from the future): the tab must start with a `resync`.
     pub resync: Option<Bytes>,
+    /// For a tab that came without an id: an id-only frame (no event is
+    /// dispatched) naming the current position, so that if this stream drops
+    /// before its first trigger, the browser's reconnect still carries a
+    /// `Last-Event-ID` and gets a replay instead of a silent gap.
+    pub position: Option<Bytes>,
     /// Live frames after the replay.
     pub rx: broadcast::Receiver<Frame>,
 }
@@ -186,9 +191,12 @@ impl Channel {
         let st = self.lock();
         let rx = self.tx.subscribe();
         let Some(last) = last_event_id.map(str::trim).filter(|s| !s.is_empty()) else {
+            // Epoch and digits only: nothing here needs escaping.
+            let position = Bytes::from(format!("id: {}-{}\n\n", self.epoch, st.seq));
             return Attach {
                 replay: Vec::new(),
                 resync: None,
+                position: Some(position),
                 rx,
             };
         };
@@ -210,6 +218,7 @@ impl Channel {
                     .map(|f| f.bytes.clone())
                     .collect(),
                 resync: None,
+                position: None,
                 rx,
             },
             None => {
@@ -218,6 +227,7 @@ impl Channel {
                 Attach {
                     replay: Vec::new(),
                     resync,
+                    position: None,
                     rx,
                 }
             }

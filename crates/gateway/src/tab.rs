@@ -78,6 +78,7 @@ pub fn stream(
 ) -> Body {
     let mut pending = VecDeque::with_capacity(attach.replay.len() + 2);
     pending.push_back(ssemux_sse::encode_retry(settings.retry_ms));
+    pending.extend(attach.position);
     pending.extend(attach.resync);
     settings
         .metrics
