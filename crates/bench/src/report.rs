@@ -71,6 +71,11 @@ pub fn markdown(run: &Value) -> String {
     let _ = writeln!(out, "- machine: {}", run["machine"].as_str().unwrap_or("?"));
     let _ = writeln!(
         out,
+        "- load average at the end of the run (`/proc/loadavg`): `{}` — the machine is shared; other work competes with every system alike",
+        run["load_average"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
         "- JSON: `{}`, plot: `{}`",
         run["json_path"].as_str().unwrap_or("?"),
         run["plot_path"].as_str().unwrap_or("?")
@@ -149,7 +154,7 @@ pub fn markdown(run: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\nEvery step, every system:\n\n| system | rate/user/s | offered/s | delivered/s | p50 ms | p99 ms | p99.9 ms | lost | resyncs | server CPU s | backend CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "\nEvery step, every system:\n\n| system | rate/user/s | offered/s | delivered/s | p50 ms | p99 ms | p99.9 ms | lost | resyncs | server CPU s | backend CPU s | load-gen CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for s in &systems {
         let name = s["system"].as_str().unwrap_or("?");
@@ -159,7 +164,7 @@ pub fn markdown(run: &Value) -> String {
         for st in fo["steps"].as_array().cloned().unwrap_or_default() {
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 num(f(&st["rate_per_user"]), ""),
                 num(f(&st["offered_per_s"]), ""),
                 num(f(&st["delivered_per_s"]), ""),
@@ -170,6 +175,7 @@ pub fn markdown(run: &Value) -> String {
                 st["resyncs"],
                 num(f(&st["server_cpu_s"]), ""),
                 num(f(&st["backend_cpu_s"]), ""),
+                num(f(&st["load_generator_cpu_s"]), ""),
             );
         }
     }
