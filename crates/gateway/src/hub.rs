@@ -145,6 +145,13 @@ impl Hub {
             .entries
             .entry(user.to_string())
             .or_insert_with(|| self.open(user));
+        if entry.channel.is_closed() {
+            // Logged out, and its upstream task has not removed it yet: a tab
+            // attaching now would wait on a dead channel. Start afresh; the
+            // old channel's tabs and task only ever touch their own channel.
+            entry.cancel.cancel();
+            *entry = self.open(user);
+        }
         if entry.subs >= limit {
             drop(entry);
             self.inner.total_tabs.fetch_sub(1, Ordering::AcqRel);

@@ -561,3 +561,34 @@ async fn upstream_resync_survives_rules_without_it() {
         "unmatched others still dropped"
     );
 }
+
+/// A tab arriving between a logout (channel closed) and the removal of that
+/// channel gets a fresh channel and upstream, not a dead one.
+#[tokio::test(start_paused = true)]
+async fn a_tab_racing_a_logout_gets_a_fresh_channel() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let old = hub.subscribe("alice", "session=a").expect("sub");
+    settle().await;
+    old.channel().close();
+    let new = hub.subscribe("alice", "session=b").expect("sub");
+    assert!(!Arc::ptr_eq(old.channel(), new.channel()));
+    assert!(!new.channel().is_closed());
+    settle().await;
+    assert_eq!(hub.upstreams_started(), 2);
+    assert_eq!(
+        script.open_streams("alice"),
+        1,
+        "the dead channel's upstream is cancelled"
+    );
+    drop(old);
+    assert_eq!(
+        hub.tabs("alice"),
+        1,
+        "the old tab's leaving does not count against the new channel"
+    );
+    let mut rx = new.channel().attach(None).rx;
+    send(&script.last_stream(), "id: 1\nevent: resync\ndata: {}\n\n");
+    settle().await;
+    assert_eq!(event_names(&mut rx), vec!["resync"]);
+}
