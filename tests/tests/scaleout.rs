@@ -414,6 +414,53 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The shipped recipe, `deploy/nginx.conf`, passes `nginx -t` (with the
+/// test certificate standing in for the real one).
+#[test]
+fn deploy_nginx_conf_is_valid() {
+    assert!(
+        has_nginx(),
+        "nginx not found on PATH; `make test` installs it (apt-get install nginx)"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = root.join("crates/gateway/tests/data");
+    let recipe =
+        std::fs::read_to_string(root.join("deploy/nginx.conf")).expect("deploy/nginx.conf");
+    let recipe = recipe
+        .replace(
+            "/etc/nginx/tls/fullchain.pem",
+            &data.join("server.pem").display().to_string(),
+        )
+        .replace(
+            "/etc/nginx/tls/privkey.pem",
+            &data.join("server.key").display().to_string(),
+        );
+    let dir = std::env::temp_dir().join(format!("ssemux-nginx-t-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tmp")).expect("tempdir");
+    std::fs::write(dir.join("ssemux.conf"), recipe).expect("write recipe");
+    let d = dir.display();
+    let conf = format!(
+        "pid {d}/nginx.pid;\nevents {{}}\nhttp {{\n    client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n    fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n    scgi_temp_path {d}/tmp/scgi;\n    include {d}/ssemux.conf;\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+    let out = Command::new(nginx_bin())
+        .arg("-t")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .expect("run nginx -t");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "nginx -t refused deploy/nginx.conf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn emit_round(backend: &MockBackend, users: &[String], round: &str) {
     for u in users {
         let data = serde_json::json!({ "peer": format!("{u}:{round}"), "rowId": 1 });
