@@ -117,7 +117,8 @@ impl Gateway {
             UpstreamSettings::from(&cfg.upstream),
             Some(watermarks.clone()),
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_connect_rate(cfg.upstream.connects_per_second);
         let rules = upstream.rules_handle();
         let hub = Hub::new(HubSettings::from(&cfg.hub), upstream);
         let auth = Auth::new(
