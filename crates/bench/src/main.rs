@@ -64,6 +64,15 @@ enum Cmd {
         #[arg(long = "ssemux-set", value_name = "KEY=VALUE")]
         ssemux_set: Vec<String>,
     },
+    /// Re-render the Markdown report from a run's JSON (no measuring).
+    Report {
+        /// The run's JSON file.
+        #[arg(long)]
+        json: PathBuf,
+        /// The Markdown report to write.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: PathBuf,
+    },
     /// The raw floor server (started by `run`).
     Floor {
         /// Tab listener.
@@ -83,6 +92,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Cmd::Floor { listen, control } => rt.block_on(floor::serve(listen, control)),
+        Cmd::Report { json, markdown } => {
+            let run: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+            std::fs::write(&markdown, report::markdown(&run))?;
+            Ok(())
+        }
         Cmd::Run {
             profile,
             systems,

@@ -40,7 +40,9 @@ fn best_step(fanout: &Value) -> Option<&Value> {
             f(&s["delivered_per_s"]).unwrap_or(0.0),
             f(&s["offered_per_s"]).unwrap_or(0.0),
         );
-        d >= 0.9 * o && s["lost"].as_i64().unwrap_or(0) <= s["expected"].as_i64().unwrap_or(0) / 100
+        o > 0.0
+            && d >= 0.9 * o
+            && s["lost"].as_i64().unwrap_or(0) <= s["expected"].as_i64().unwrap_or(0) / 100
     });
     kept.or_else(|| steps.last())
 }
