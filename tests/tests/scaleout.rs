@@ -134,7 +134,18 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // Our own child, by pid.
+        // Our own child, by pid. SIGTERM first: the master then stops its
+        // workers; a SIGKILLed master would leave them orphaned.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
