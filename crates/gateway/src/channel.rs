@@ -22,6 +22,11 @@ pub struct Frame {
     pub close: bool,
 }
 
+/// A frame as the ring and the broadcast buffer hold it. The broadcast
+/// buffer preallocates every slot for every user, idle or not; a pointer per
+/// slot instead of the whole frame halves what an idle user costs.
+pub type SharedFrame = Arc<Frame>;
+
 /// What a tab gets when it attaches: the part of the ring it missed and the
 /// live receiver, taken under one lock so the seam has no gap or duplicate.
 pub struct Attach {
@@ -36,7 +41,7 @@ pub struct Attach {
     /// `Last-Event-ID` and gets a replay instead of a silent gap.
     pub position: Option<Bytes>,
     /// Live frames after the replay.
-    pub rx: broadcast::Receiver<Frame>,
+    pub rx: broadcast::Receiver<SharedFrame>,
 }
 
 struct Credential {
@@ -49,7 +54,7 @@ struct Credential {
 
 struct State {
     seq: u64,
-    ring: VecDeque<Frame>,
+    ring: VecDeque<SharedFrame>,
     creds: Vec<Credential>,
     next_key: u64,
     closed: bool,
@@ -61,7 +66,7 @@ pub struct Channel {
     user: String,
     epoch: String,
     ring_size: usize,
-    tx: broadcast::Sender<Frame>,
+    tx: broadcast::Sender<SharedFrame>,
     state: Mutex<State>,
 }
 
@@ -160,11 +165,11 @@ impl Channel {
                 }
             };
             st.seq = seq;
-            let frame = Frame {
+            let frame = Arc::new(Frame {
                 seq,
                 bytes,
                 close: false,
-            };
+            });
             if st.ring.len() == self.ring_size {
                 st.ring.pop_front();
             }
@@ -179,11 +184,11 @@ impl Channel {
         self.publish(&[Trigger::new(translate::LOGOUT, "1")]);
         let mut st = self.lock();
         st.closed = true;
-        let _ = self.tx.send(Frame {
+        let _ = self.tx.send(Arc::new(Frame {
             seq: st.seq,
             bytes: Bytes::new(),
             close: true,
-        });
+        }));
     }
 
     /// Attach a tab. `last_event_id` is what the browser sent, if anything.

@@ -61,7 +61,7 @@ pub struct TabHold {
 
 struct TabState {
     pending: VecDeque<Bytes>,
-    rx: tokio::sync::broadcast::Receiver<crate::channel::Frame>,
+    rx: tokio::sync::broadcast::Receiver<crate::channel::SharedFrame>,
     settings: TabSettings,
     shutdown: CancellationToken,
     lagged: u64,
@@ -111,7 +111,7 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
         Ok(Ok(frame)) if frame.close => None,
         Ok(Ok(frame)) => {
             st.settings.metrics.triggers_delivered(1);
-            Some((frame.bytes, st))
+            Some((frame.bytes.clone(), st))
         }
         Ok(Err(RecvError::Lagged(n))) => {
             st.settings.metrics.resync(ResyncCause::Lag);
