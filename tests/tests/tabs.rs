@@ -259,6 +259,7 @@ async fn seam_has_no_gap_and_no_duplicate_under_reconnect_churn() {
 /// receive buffer whose body is not polled until the test says so.
 struct SlowTab {
     body: hyper::body::Incoming,
+    parser: ssemux_sse::Parser,
     _conn: tokio::task::JoinHandle<()>,
 }
 
@@ -282,13 +283,14 @@ impl SlowTab {
         assert_eq!(resp.status(), StatusCode::OK);
         SlowTab {
             body: resp.into_body(),
+            parser: ssemux_sse::Parser::new(1 << 20),
             _conn: conn,
         }
     }
 
-    /// Start reading: every event from here on, through `until` (data).
-    async fn read_until(mut self, until: &str) -> Vec<Ev> {
-        let mut parser = ssemux_sse::Parser::new(1 << 20);
+    /// Read on: every event from here on, through the first that `done`
+    /// accepts.
+    async fn read_until(&mut self, done: impl Fn(&Ev) -> bool) -> Vec<Ev> {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT * 4;
         loop {
@@ -300,16 +302,15 @@ impl SlowTab {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            parser.push(&data);
-            while let Some(item) = parser.next_item() {
+            self.parser.push(&data);
+            while let Some(item) = self.parser.next_item() {
                 if let Ok(ssemux_sse::Item::Event(e)) = item {
-                    let done = e.data == until;
                     out.push(Ev {
                         event: e.event,
                         data: e.data,
                         id: e.last_event_id,
                     });
-                    if done {
+                    if out.last().is_some_and(&done) {
                         return out;
                     }
                 }
@@ -328,7 +329,7 @@ async fn a_slow_tab_gets_resync_and_never_holds_back_the_others() {
     assert!(wait_for(WAIT, || env.gateway.hub().tabs("alice") == 3).await);
 
     // Large triggers, so the slow tab's socket and the server's write buffer
-    // fill long before the broadcast buffer (1024) is passed.
+    // fill long before the ring's limit (1024) is passed.
     let pad = "x".repeat(400);
     let total = 10_000u64;
     let batch = 250u64;
@@ -347,16 +348,23 @@ async fn a_slow_tab_gets_resync_and_never_holds_back_the_others() {
         max_backlog = max_backlog.max(channel.backlog());
     }
     // What the slow tab pins in the channel is bounded by configuration, not
-    // by how far behind it is.
+    // by how far behind it is: the ring holds at most
+    // max(hub.ring_size, hub.broadcast_buffer) = 1024 frames of < 512 B.
     assert!(max_backlog <= 1024, "backlog {max_backlog}");
     assert!(
-        channel.ring_bytes() <= 256 * 512,
+        channel.ring_bytes() <= 1024 * 512,
         "ring {}",
         channel.ring_bytes()
     );
 
+    // The slow tab reads again: what it was sent before falling behind,
+    // then the resync (everything after its last trigger was skipped: the
+    // resync re-renders the current state, so replaying stale triggers would
+    // be wasted), then live triggers.
+    let mut slow = slow;
+    let mut got = slow.read_until(|e| e.event == "resync").await;
     emit_one(&env, "alice", "final");
-    let got = slow.read_until("final").await;
+    got.extend(slow.read_until(|e| e.data == "final").await);
     let resync_at = got
         .iter()
         .position(|e| e.event == "resync")
@@ -585,4 +593,103 @@ async fn a_fresh_tab_learns_its_position_before_any_trigger() {
         .expect("reconnects");
     assert_eq!(back.next().await.data, "missed-1");
     assert_eq!(back.next().await.data, "missed-2");
+}
+
+/// Read one event from a raw response body, within [`WAIT`].
+async fn next_event(
+    body: &mut hyper::body::Incoming,
+    parser: &mut ssemux_sse::Parser,
+    name: &str,
+) -> Ev {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Some(item) = parser.next_item() {
+            if let Ok(ssemux_sse::Item::Event(e)) = item
+                && e.event == name
+            {
+                return Ev {
+                    event: e.event,
+                    data: e.data,
+                    id: e.last_event_id,
+                };
+            }
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} in time"))
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            parser.push(&data);
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_work_on_a_fresh_connection_and_after_other_requests_on_a_kept_alive_one() {
+    let env = Env::start(&[]).await;
+    let cookie = env.cookie("alice");
+    for reuse in [false, true] {
+        let stream = tokio::net::TcpStream::connect(env.addr)
+            .await
+            .expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(conn);
+        let get = |path: &str| {
+            Request::get(path)
+                .header("host", env.addr.to_string())
+                .header("cookie", &cookie)
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        if reuse {
+            // A proxied request first: the connection is hyper's from here
+            // on, and the events request that follows must still work.
+            let resp = send.send_request(get("/api/v1/me")).await.expect("me");
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.into_body().collect().await.expect("me body");
+        }
+        let resp = send.send_request(get("/events")).await.expect("events");
+        assert_eq!(resp.status(), StatusCode::OK, "reuse={reuse}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/event-stream",
+            "reuse={reuse}"
+        );
+        // Only a connection that starts with the events request is served
+        // by the lean path, which says it will not take another request.
+        assert_eq!(
+            resp.headers()
+                .get("connection")
+                .is_some_and(|v| v == "close"),
+            !reuse,
+            "reuse={reuse}"
+        );
+        let mut body = resp.into_body();
+        let mut parser = ssemux_sse::Parser::new(1 << 16);
+        assert!(
+            env.backend
+                .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+                .await
+        );
+        assert!(wait_for(WAIT, || env.gateway.hub().tabs("alice") == 1).await);
+        let data = format!("peer-{reuse}");
+        emit_one(&env, "alice", &data);
+        assert_eq!(
+            next_event(&mut body, &mut parser, "contact-changed")
+                .await
+                .data,
+            data
+        );
+        drop(body);
+        drop(send);
+        conn.abort();
+        // Closing the connection releases the tab on either path.
+        assert!(
+            wait_for(WAIT, || env.gateway.hub().tabs("alice") == 0).await,
+            "reuse={reuse}: the tab was not released"
+        );
+    }
 }

@@ -1,13 +1,20 @@
-//! Channel: one per user. Owns the downstream sequence, the replay ring, the
-//! broadcast sender to the user's tabs and the credentials the tabs brought.
+//! Channel: one per user. Owns the downstream sequence, the frame ring (the
+//! replay buffer and the fan-out buffer in one), the wake-up signal to the
+//! user's tabs and the credentials the tabs brought.
 //! It encodes each trigger exactly once; it never parses HTTP, never talks to
 //! the backend and never knows about other users.
+//!
+//! Fan-out is pull-based: a publish appends to the ring and wakes the tabs;
+//! each tab ([`Follower`]) takes every frame after its cursor in one go. An
+//! idle user costs no preallocated slots, and a tab that was busy writing
+//! picks up everything that arrived meanwhile in one batch (one `writev`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 use crate::translate::{self, Trigger};
 
@@ -18,17 +25,35 @@ pub struct Frame {
     pub seq: u64,
     /// The encoded bytes, shared by all tabs.
     pub bytes: Bytes,
-    /// The channel is ending: deliver nothing after this frame.
-    pub close: bool,
 }
 
-/// A frame as the ring and the broadcast buffer hold it. The broadcast
-/// buffer preallocates every slot for every user, idle or not; a pointer per
-/// slot instead of the whole frame halves what an idle user costs.
+/// A frame as the ring holds it: tabs that have not sent it yet share it.
 pub type SharedFrame = Arc<Frame>;
 
-/// What a tab gets when it attaches: the part of the ring it missed and the
-/// live receiver, taken under one lock so the seam has no gap or duplicate.
+/// Why a [`Follower`] has no frame to give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// The tab fell so far behind that this many frames left the ring before
+    /// it took them. Its cursor is now at the newest frame: it must be told
+    /// `resync`, then it continues live.
+    Lagged(u64),
+    /// The channel was closed and every frame before the close was taken.
+    Closed,
+}
+
+/// [`Follower::try_recv`] found nothing: `Empty`, or a [`RecvError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing new yet.
+    Empty,
+    /// See [`RecvError::Lagged`].
+    Lagged(u64),
+    /// See [`RecvError::Closed`].
+    Closed,
+}
+
+/// What a tab gets when it attaches: the part of the ring it missed and its
+/// follower, positioned under one lock so the seam has no gap or duplicate.
 pub struct Attach {
     /// Frames after the tab's `Last-Event-ID`, oldest first.
     pub replay: Vec<Bytes>,
@@ -41,7 +66,7 @@ pub struct Attach {
     /// `Last-Event-ID` and gets a replay instead of a silent gap.
     pub position: Option<Bytes>,
     /// Live frames after the replay.
-    pub rx: broadcast::Receiver<SharedFrame>,
+    pub rx: Follower,
 }
 
 struct Credential {
@@ -55,6 +80,9 @@ struct Credential {
 struct State {
     seq: u64,
     ring: VecDeque<SharedFrame>,
+    // Each attached tab's cursor (the last seq it took); frames beyond the
+    // replay size are kept only while some tab still needs them.
+    cursors: Vec<Arc<AtomicU64>>,
     creds: Vec<Credential>,
     next_key: u64,
     closed: bool,
@@ -65,8 +93,12 @@ struct State {
 pub struct Channel {
     user: String,
     epoch: String,
+    // Frames always kept for reconnecting tabs (`hub.ring_size`).
     ring_size: usize,
-    tx: broadcast::Sender<SharedFrame>,
+    // Most frames kept at all; a live tab further behind is lagged
+    // (`max(hub.ring_size, hub.broadcast_buffer)`).
+    ring_max: usize,
+    wake: watch::Sender<()>,
     state: Mutex<State>,
 }
 
@@ -81,22 +113,26 @@ impl Channel {
         )
     }
 
-    /// A new channel with a given epoch (tests).
+    /// A new channel with a given epoch (tests). `ring_size` frames are kept
+    /// for replay; a live tab may fall `broadcast_buffer` frames behind
+    /// (or `ring_size`, if larger) before it is lagged.
     pub fn with_epoch(
         user: &str,
         epoch: &str,
         ring_size: usize,
         broadcast_buffer: usize,
     ) -> Arc<Channel> {
-        let (tx, _) = broadcast::channel(broadcast_buffer.max(1));
+        let ring_size = ring_size.max(1);
         Arc::new(Channel {
             user: user.to_string(),
             epoch: epoch.to_string(),
-            ring_size: ring_size.max(1),
-            tx,
+            ring_size,
+            ring_max: ring_size.max(broadcast_buffer),
+            wake: watch::Sender::new(()),
             state: Mutex::new(State {
                 seq: 0,
                 ring: VecDeque::new(),
+                cursors: Vec::new(),
                 creds: Vec::new(),
                 next_key: 0,
                 closed: false,
@@ -125,21 +161,30 @@ impl Channel {
         self.lock().seq
     }
 
-    /// Number of tabs currently attached (broadcast receivers).
+    /// Number of tabs currently attached (live followers).
     pub fn receivers(&self) -> usize {
-        self.tx.receiver_count()
+        self.lock().cursors.len()
     }
 
-    /// Bytes held by the replay ring (bounded by `ring_size` frames).
+    /// Bytes held by the ring: the replay tail plus whatever a slow tab has
+    /// not taken yet, at most `max(ring_size, broadcast_buffer)` frames.
     pub fn ring_bytes(&self) -> usize {
         self.lock().ring.iter().map(|f| f.bytes.len()).sum()
     }
 
-    /// Frames the broadcast buffer still holds for its slowest tab. Bounded
-    /// by `broadcast_buffer` however far a tab falls behind: a tab that
-    /// lags past it gets `resync` instead of pinning more memory.
+    /// Frames the slowest attached tab has not taken yet. Bounded by
+    /// `max(ring_size, broadcast_buffer)` however far a tab falls behind: a
+    /// tab that lags past it gets `resync` instead of pinning more memory.
     pub fn backlog(&self) -> usize {
-        self.tx.len()
+        let st = self.lock();
+        let held = st.ring.len() as u64;
+        let slowest = st
+            .cursors
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(st.seq);
+        st.seq.saturating_sub(slowest).min(held) as usize
     }
 
     /// Whether [`Channel::close`] was called.
@@ -147,13 +192,14 @@ impl Channel {
         self.lock().closed
     }
 
-    /// Assign ids, encode once, remember in the ring and broadcast, in that
-    /// order and under one lock, so ring order equals broadcast order.
+    /// Assign ids, encode once, append to the ring, then wake the tabs once
+    /// for the whole batch. Ids and ring order are assigned under one lock.
     pub fn publish(&self, triggers: &[Trigger]) {
         let mut st = self.lock();
         if st.closed {
             return;
         }
+        let before = st.seq;
         for t in triggers {
             let seq = st.seq + 1;
             let id = format!("{}-{}", self.epoch, seq);
@@ -165,36 +211,53 @@ impl Channel {
                 }
             };
             st.seq = seq;
-            let frame = Arc::new(Frame {
-                seq,
-                bytes,
-                close: false,
-            });
-            if st.ring.len() == self.ring_size {
-                st.ring.pop_front();
-            }
-            st.ring.push_back(frame.clone());
-            // No receivers is normal during grace.
-            let _ = self.tx.send(frame);
+            st.ring.push_back(Arc::new(Frame { seq, bytes }));
+        }
+        if st.seq == before {
+            return;
+        }
+        self.trim(&mut st);
+        drop(st);
+        self.wake.send_replace(());
+    }
+
+    // Keep `ring_size` frames for replay; beyond that, only frames some tab
+    // has not taken yet, and never more than `ring_max`.
+    fn trim(&self, st: &mut State) {
+        while st.ring.len() > self.ring_max {
+            st.ring.pop_front();
+        }
+        if st.ring.len() <= self.ring_size {
+            return;
+        }
+        let slowest = st
+            .cursors
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(st.seq);
+        while st.ring.len() > self.ring_size && st.ring.front().is_some_and(|f| f.seq <= slowest) {
+            st.ring.pop_front();
         }
     }
 
     /// Send `logout` and end every tab stream. Later publishes are ignored.
     pub fn close(&self) {
         self.publish(&[Trigger::new(translate::LOGOUT, "1")]);
-        let mut st = self.lock();
-        st.closed = true;
-        let _ = self.tx.send(Arc::new(Frame {
-            seq: st.seq,
-            bytes: Bytes::new(),
-            close: true,
-        }));
+        self.lock().closed = true;
+        self.wake.send_replace(());
     }
 
     /// Attach a tab. `last_event_id` is what the browser sent, if anything.
-    pub fn attach(&self, last_event_id: Option<&str>) -> Attach {
-        let st = self.lock();
-        let rx = self.tx.subscribe();
+    pub fn attach(self: &Arc<Self>, last_event_id: Option<&str>) -> Attach {
+        let mut st = self.lock();
+        let cursor = Arc::new(AtomicU64::new(st.seq));
+        st.cursors.push(cursor.clone());
+        let rx = Follower {
+            channel: self.clone(),
+            cursor,
+            wake: self.wake.subscribe(),
+        };
         let Some(last) = last_event_id.map(str::trim).filter(|s| !s.is_empty()) else {
             // Epoch and digits only: nothing here needs escaping.
             let position = Bytes::from(format!("id: {}-{}\n\n", self.epoch, st.seq));
@@ -237,6 +300,11 @@ impl Channel {
                 }
             }
         }
+    }
+
+    fn detach(&self, cursor: &Arc<AtomicU64>) {
+        let mut st = self.lock();
+        st.cursors.retain(|c| !Arc::ptr_eq(c, cursor));
     }
 
     /// Remember a tab's credentials (its `Cookie` header). Returns the key to
@@ -293,6 +361,91 @@ impl Channel {
         if let Some(c) = st.creds.iter_mut().find(|c| c.key == key) {
             c.refused = true;
         }
+    }
+}
+
+/// One tab's place in its channel: a cursor into the ring (the last seq the
+/// tab took) and the wake-up it waits on. Dropping it detaches the tab.
+pub struct Follower {
+    channel: Arc<Channel>,
+    cursor: Arc<AtomicU64>,
+    wake: watch::Receiver<()>,
+}
+
+impl Follower {
+    /// Move the next frames after the cursor (at most `max`) into `out` as
+    /// shared bytes and return how many. `Ok(0)`: nothing new yet, wait on
+    /// [`Follower::changed`].
+    pub fn take_into(&mut self, out: &mut VecDeque<Bytes>, max: usize) -> Result<usize, RecvError> {
+        self.take(max, |f| out.push_back(f.bytes.clone()))
+    }
+
+    fn take(&mut self, max: usize, mut each: impl FnMut(&SharedFrame)) -> Result<usize, RecvError> {
+        // Seen before looking: a publish after this point wakes `changed`.
+        self.wake.mark_unchanged();
+        let st = self.channel.lock();
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        if cursor >= st.seq {
+            return if st.closed {
+                Err(RecvError::Closed)
+            } else {
+                Ok(0)
+            };
+        }
+        // Ring seqs are contiguous: the frame after the cursor is at a fixed
+        // offset from the front, or already gone.
+        let oldest = st.ring.front().map_or(st.seq + 1, |f| f.seq);
+        if oldest > cursor + 1 {
+            self.cursor.store(st.seq, Ordering::Relaxed);
+            return Err(RecvError::Lagged(oldest - cursor - 1));
+        }
+        let start = (cursor + 1 - oldest) as usize;
+        let mut taken = 0;
+        let mut last = cursor;
+        for f in st.ring.range(start..).take(max.max(1)) {
+            each(f);
+            last = f.seq;
+            taken += 1;
+        }
+        self.cursor.store(last, Ordering::Relaxed);
+        Ok(taken)
+    }
+
+    /// The next frame if one is ready.
+    pub fn try_recv(&mut self) -> Result<SharedFrame, TryRecvError> {
+        let mut got = None;
+        match self.take(1, |f| got = Some(f.clone())) {
+            Ok(_) => got.ok_or(TryRecvError::Empty),
+            Err(RecvError::Lagged(n)) => Err(TryRecvError::Lagged(n)),
+            Err(RecvError::Closed) => Err(TryRecvError::Closed),
+        }
+    }
+
+    /// The next frame, waiting for one.
+    pub async fn recv(&mut self) -> Result<SharedFrame, RecvError> {
+        loop {
+            match self.try_recv() {
+                Ok(f) => return Ok(f),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => self.changed().await,
+            }
+        }
+    }
+
+    /// Resolves once something was published (or the channel closed) since
+    /// the last take. Cancel-safe.
+    pub async fn changed(&mut self) {
+        // The sender lives in the channel this follower holds: it cannot be
+        // dropped while we wait, so an error here cannot happen; treat it as
+        // a wake-up and let the next take find out.
+        let _ = self.wake.changed().await;
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.channel.detach(&self.cursor);
     }
 }
 
@@ -397,8 +550,78 @@ mod tests {
         ch.close();
         let f = a.rx.try_recv().expect("logout");
         assert!(String::from_utf8_lossy(&f.bytes).contains("event: logout"));
-        assert!(a.rx.try_recv().expect("close").close);
+        assert_eq!(a.rx.try_recv().map(|f| f.seq), Err(TryRecvError::Closed));
         ch.publish(&[t(9)]);
-        assert!(a.rx.try_recv().is_err());
+        assert_eq!(a.rx.try_recv().map(|f| f.seq), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_slow_tab_keeps_frames_until_it_takes_them_then_lags() {
+        // Replay keeps 4; a live tab may be 10 behind.
+        let ch = Channel::with_epoch("alice", "e1", 4, 10);
+        let mut fast = ch.attach(None).rx;
+        let mut slow = ch.attach(None).rx;
+        for n in 1..=8 {
+            ch.publish(&[t(n)]);
+            assert_eq!(fast.try_recv().map(|f| f.seq), Ok(u64::from(n)));
+        }
+        // The slow tab has taken nothing: all 8 are kept for it.
+        assert_eq!(ch.backlog(), 8);
+        let mut out = VecDeque::new();
+        assert_eq!(slow.take_into(&mut out, 3), Ok(3));
+        assert_eq!(
+            ids(&out.drain(..).collect::<Vec<_>>()),
+            ["e1-1", "e1-2", "e1-3"]
+        );
+        ch.publish(&[t(9)]);
+        // Taken by both and beyond the replay size: trimmed.
+        assert_eq!(ch.backlog(), 6);
+        assert_eq!(fast.try_recv().map(|f| f.seq), Ok(9));
+        // Past the limit the oldest untaken frames go and the slow tab lags
+        // by exactly what it lost, then follows live.
+        for n in 10..=14 {
+            ch.publish(&[t(n)]);
+        }
+        assert_eq!(slow.try_recv().map(|f| f.seq), Err(TryRecvError::Lagged(1)));
+        assert_eq!(slow.try_recv().map(|f| f.seq), Err(TryRecvError::Empty));
+        ch.publish(&[t(15)]);
+        assert_eq!(slow.try_recv().map(|f| f.seq), Ok(15));
+        // Once everyone took everything, only the replay size is kept.
+        while fast.try_recv().is_ok() {}
+        ch.publish(&[t(16)]);
+        assert_eq!(ch.lock().ring.len(), 4);
+    }
+
+    #[test]
+    fn a_dropped_follower_releases_the_frames_it_held() {
+        let ch = Channel::with_epoch("alice", "e1", 2, 100);
+        let slow = ch.attach(None).rx;
+        for n in 1..=20 {
+            ch.publish(&[t(n)]);
+        }
+        assert_eq!(ch.lock().ring.len(), 20);
+        assert_eq!(ch.receivers(), 1);
+        drop(slow);
+        assert_eq!(ch.receivers(), 0);
+        ch.publish(&[t(21)]);
+        assert_eq!(ch.lock().ring.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_wake_per_publish_and_none_missed() {
+        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let mut a = ch.attach(None).rx;
+        ch.publish(&[t(1), t(2), t(3)]);
+        // Published before waiting: `changed` must not sleep.
+        a.changed().await;
+        let mut out = VecDeque::new();
+        assert_eq!(a.take_into(&mut out, 64), Ok(3));
+        let waiter = tokio::spawn(async move {
+            a.changed().await;
+            a.try_recv().map(|f| f.seq)
+        });
+        tokio::task::yield_now().await;
+        ch.publish(&[t(4)]);
+        assert_eq!(waiter.await.ok(), Some(Ok(4)));
     }
 }

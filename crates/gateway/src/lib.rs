@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod server;
 pub mod socket;
 pub mod tab;
+pub mod tab_conn;
 pub mod tls;
 pub mod translate;
 pub mod upstream;

@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -31,6 +32,7 @@ use crate::metrics::{Metrics, ResyncCause, Sample};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::socket::WriteDeadline;
 use crate::tab::{self, TabHold, TabSettings};
+use crate::tab_conn::{self, Sniffed};
 use crate::tls::TlsAcceptor;
 use crate::upstream::{HttpConnector, SharedRules, Upstream, UpstreamSettings};
 use crate::watermark::{self, Watermarks};
@@ -304,28 +306,23 @@ impl Gateway {
         resp
     }
 
-    async fn identify(&self, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
-        self.auth
-            .identify(req.headers())
-            .await
-            .map_err(|e| match e {
-                AuthError::Unauthenticated => {
-                    body::text(StatusCode::UNAUTHORIZED, "not authenticated")
-                }
-                AuthError::Unavailable(why) => {
-                    tracing::warn!(%why, "identity lookup failed");
-                    let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
-                    r.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(self.cfg.auth.retry_after_secs),
-                    );
-                    r
-                }
-            })
+    async fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Response<Body>> {
+        self.auth.identify(headers).await.map_err(|e| match e {
+            AuthError::Unauthenticated => body::text(StatusCode::UNAUTHORIZED, "not authenticated"),
+            AuthError::Unavailable(why) => {
+                tracing::warn!(%why, "identity lookup failed");
+                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(self.cfg.auth.retry_after_secs),
+                );
+                r
+            }
+        })
     }
 
     /// `GET /events`: one tab's multiplexed stream.
-    async fn events(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn events<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
         if req.method() != Method::GET {
             let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
             r.headers_mut()
@@ -350,7 +347,7 @@ impl Gateway {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             return r;
         }
-        let id = match self.identify(&req).await {
+        let id = match self.identify(req.headers()).await {
             Ok(id) => id,
             Err(resp) => return resp,
         };
@@ -427,7 +424,7 @@ impl Gateway {
     /// active for the tab. "No thread open" (DELETE, or `peer: null`) is
     /// answered here without bothering the backend.
     async fn read(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let id = match self.identify(&req).await {
+        let id = match self.identify(req.headers()).await {
             Ok(id) => id,
             // Let the backend give its own answer to an unknown user.
             Err(_) => return self.proxy.forward(req, peer, self.scheme).await,
@@ -496,17 +493,18 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let io = WriteDeadline::new(stream, write_timeout);
+            let (gw, builder, watcher) = (self.clone(), builder.clone(), graceful.watcher());
             let Some(acceptor) = self.tls.clone() else {
-                self.spawn_conn(&builder, graceful.watcher(), TokioIo::new(io), peer);
+                tokio::spawn(async move { gw.serve_conn(&builder, watcher, io, peer).await });
                 continue;
             };
-            // The handshake runs in its own task so a slow client cannot
-            // hold up accepting; it gets the same deadline as a request head.
-            let (gw, builder, watcher) = (self.clone(), builder.clone(), graceful.watcher());
+            // The handshake runs in the connection's task so a slow client
+            // cannot hold up accepting; it gets the same deadline as a
+            // request head.
             let limit = self.cfg.server.header_read_timeout.0;
             tokio::spawn(async move {
                 match tokio::time::timeout(limit, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => gw.spawn_conn(&builder, watcher, TokioIo::new(tls), peer),
+                    Ok(Ok(tls)) => gw.serve_conn(&builder, watcher, tls, peer).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                     Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                 }
@@ -525,10 +523,59 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serve one accepted connection (plain or TLS) until it ends. Every
-    /// request runs in a span carrying its request id, so each log line of
-    /// the request names it.
-    fn spawn_conn<I>(
+    /// Serve one accepted connection (plain or TLS) until it ends: a
+    /// connection that starts with the events request is a tab connection
+    /// (see [`tab_conn`]), every other one is hyper's. Holding `watcher`
+    /// makes the drain wait for this connection.
+    async fn serve_conn<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let sniffed = tokio::select! {
+            // An idle connection must not hold up the drain.
+            _ = self.shutdown.cancelled() => return,
+            s = tab_conn::sniff(io, &self.cfg.events_path, self.cfg.server.header_read_timeout.0) => s,
+        };
+        let (mut io, req) = match sniffed {
+            Sniffed::Gone => return,
+            Sniffed::Other(io) => {
+                return self
+                    .serve_hyper(builder, watcher, TokioIo::new(io), peer)
+                    .await;
+            }
+            Sniffed::Events(io, req) => (io, req),
+        };
+        let rid = request_id(&req);
+        let span = tracing::info_span!(
+            "request",
+            id = %rid,
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+        let mut resp = self.events(req, peer).instrument(span.clone()).await;
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        match tab_conn::respond(&mut io, resp).instrument(span).await {
+            Ok(()) => {}
+            Err(e) if is_write_stall(&e) => {
+                self.metrics.slow_tab_cut();
+                tracing::info!(%peer, "connection cut: peer stopped reading");
+            }
+            Err(e) => tracing::debug!(error = %e, "tab connection ended with error"),
+        }
+        drop(watcher);
+    }
+
+    /// Serve a connection with hyper until it ends. Every request runs in a
+    /// span carrying its request id, so each log line of the request names
+    /// it.
+    async fn serve_hyper<I>(
         self: &Arc<Self>,
         builder: &auto::Builder<TokioExecutor>,
         watcher: hyper_util::server::graceful::Watcher,
@@ -558,18 +605,14 @@ impl Gateway {
             .instrument(span)
         });
         let conn = builder.serve_connection(io, svc).into_owned();
-        let conn = watcher.watch(conn);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if is_write_stall(&*e) {
-                    metrics.slow_tab_cut();
-                    tracing::info!(%peer, "connection cut: peer stopped reading");
-                } else {
-                    tracing::debug!(error = %e, "connection ended with error");
-                }
+        if let Err(e) = watcher.watch(conn).await {
+            if is_write_stall(&*e) {
+                self.metrics.slow_tab_cut();
+                tracing::info!(%peer, "connection cut: peer stopped reading");
+            } else {
+                tracing::debug!(error = %e, "connection ended with error");
             }
-        });
+        }
     }
 
     /// The separate admin listener: metrics, liveness, readiness only.

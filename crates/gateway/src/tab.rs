@@ -11,11 +11,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, BoxError};
-use crate::channel::Attach;
+use crate::channel::{Attach, Follower, RecvError};
 use crate::hub::Subscription;
 use crate::metrics::{Metrics, ResyncCause};
 use crate::translate;
@@ -39,7 +38,12 @@ fn keepalive_frame() -> Bytes {
         .clone()
 }
 
-/// The `resync` sent to a tab that fell behind the broadcast buffer. It has no
+/// Most frames a tab takes from its channel per wake-up. They are handed to
+/// hyper back to back, which writes them with one `writev`; the bound keeps
+/// one tab from holding the channel's lock for long.
+const MAX_BATCH: usize = 64;
+
+/// The `resync` sent to a tab that fell behind the channel's ring. It has no
 /// id: the tab's `Last-Event-ID` keeps pointing at the last trigger it did
 /// get, so a reconnect replays from there or resyncs again — never skips.
 fn lag_resync_frame() -> Bytes {
@@ -61,7 +65,7 @@ pub struct TabHold {
 
 struct TabState {
     pending: VecDeque<Bytes>,
-    rx: tokio::sync::broadcast::Receiver<crate::channel::SharedFrame>,
+    rx: Follower,
     settings: TabSettings,
     shutdown: CancellationToken,
     lagged: u64,
@@ -98,27 +102,31 @@ pub fn stream(
 }
 
 async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
-    if let Some(b) = st.pending.pop_front() {
-        return Some((b, st));
-    }
-    let recv = tokio::select! {
-        biased;
-        _ = st.shutdown.cancelled() => return None,
-        r = tokio::time::timeout(st.settings.keepalive, st.rx.recv()) => r,
-    };
-    match recv {
-        Err(_) => Some((keepalive_frame(), st)),
-        Ok(Ok(frame)) if frame.close => None,
-        Ok(Ok(frame)) => {
-            st.settings.metrics.triggers_delivered(1);
-            Some((frame.bytes.clone(), st))
+    loop {
+        if let Some(b) = st.pending.pop_front() {
+            return Some((b, st));
         }
-        Ok(Err(RecvError::Lagged(n))) => {
-            st.settings.metrics.resync(ResyncCause::Lag);
-            st.lagged += n;
-            tracing::debug!(missed = n, "tab fell behind; sending resync");
-            Some((lag_resync_frame(), st))
+        match st.rx.take_into(&mut st.pending, MAX_BATCH) {
+            Ok(0) => {}
+            Ok(n) => {
+                st.settings.metrics.triggers_delivered(n as u64);
+                continue;
+            }
+            Err(RecvError::Lagged(n)) => {
+                st.settings.metrics.resync(ResyncCause::Lag);
+                st.lagged += n;
+                tracing::debug!(missed = n, "tab fell behind; sending resync");
+                return Some((lag_resync_frame(), st));
+            }
+            Err(RecvError::Closed) => return None,
         }
-        Ok(Err(RecvError::Closed)) => None,
+        let woke = tokio::select! {
+            biased;
+            _ = st.shutdown.cancelled() => return None,
+            r = tokio::time::timeout(st.settings.keepalive, st.rx.changed()) => r,
+        };
+        if woke.is_err() {
+            return Some((keepalive_frame(), st));
+        }
     }
 }

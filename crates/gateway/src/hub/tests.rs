@@ -120,9 +120,7 @@ fn send(tx: &Tx, text: &str) {
     let _ = tx.send(Ok(Bytes::from(text.to_string())));
 }
 
-fn event_names(
-    rx: &mut tokio::sync::broadcast::Receiver<crate::channel::SharedFrame>,
-) -> Vec<String> {
+fn event_names(rx: &mut crate::channel::Follower) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
         let text = String::from_utf8_lossy(&f.bytes).to_string();

@@ -1,0 +1,450 @@
+//! Tab connection: a client connection whose first request is a plain
+//! `GET <events path>` over HTTP/1.1 is served here instead of by hyper. It
+//! reads the request head once, and from then on holds no buffer of its own:
+//! the tab's frames go from the channel's shared bytes to the socket in one
+//! `writev` per batch. An idle tab then costs its socket, its task and its
+//! tab state — not hyper's two 8 KiB connection buffers.
+//!
+//! Anything else — another first request, HTTP/1.0, a request with a body,
+//! HTTP/2, a head it does not fully accept — goes to hyper untouched, with
+//! the bytes already read put back in front ([`Rewind`]). This module never
+//! answers a request other than the events stream, never reads a request
+//! body, and never keeps a connection open after its one response.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::{HeaderName, HeaderValue, Request, Response, Version, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::body::Body;
+
+/// Longest request head read before giving the connection to hyper (which
+/// then applies its own limits and error answers).
+const MAX_HEAD: usize = 16 * 1024 + 2048;
+
+/// Most headers accepted on the events request; more go to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// Most body frames gathered into one `writev`.
+const MAX_BATCH: usize = 64;
+
+/// What the first bytes of a connection turned out to be.
+pub enum Sniffed<I> {
+    /// A complete `GET <events path>` head: serve it here.
+    Events(I, Request<()>),
+    /// Anything else: hand to hyper; the bytes read so far come first.
+    Other(Rewind<I>),
+    /// The peer closed, failed or sent no complete head in time.
+    Gone,
+}
+
+/// Read the start of a connection and decide who serves it. Returns as soon
+/// as the first bytes rule the events path out, so proxied requests are not
+/// held up waiting for a whole head.
+pub async fn sniff<I>(mut io: I, events_path: &str, head_timeout: Duration) -> Sniffed<I>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + head_timeout;
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Sniffed::Other(Rewind::new(io, buf.freeze()));
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Sniffed::Gone,
+        }
+        match classify(&buf, events_path) {
+            Head::NeedMore => continue,
+            Head::Other => return Sniffed::Other(Rewind::new(io, buf.freeze())),
+            Head::Events(req) => return Sniffed::Events(io, *req),
+        }
+    }
+}
+
+enum Head {
+    NeedMore,
+    Other,
+    Events(Box<Request<()>>),
+}
+
+fn classify(buf: &[u8], events_path: &str) -> Head {
+    const GET: &[u8] = b"GET /";
+    let n = buf.len().min(GET.len());
+    if buf[..n] != GET[..n] {
+        return Head::Other;
+    }
+    // The request line alone decides most cases: another path, or an old
+    // protocol version, goes to hyper without waiting for the headers.
+    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        let line = &buf[..end];
+        let mut parts = line.split(|&b| b == b' ');
+        let target = parts.nth(1).unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        if path != events_path.as_bytes() || !line.ends_with(b" HTTP/1.1\r") {
+            return Head::Other;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Head::NeedMore,
+        Err(_) => return Head::Other,
+    }
+    build(&req).map_or(Head::Other, |r| Head::Events(Box::new(r)))
+}
+
+fn build(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let mut out = Request::get(req.path?).version(Version::HTTP_11);
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        // A body (or a claim of one) on an events request is not ours to
+        // frame: hyper decides what to make of it.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            return None;
+        }
+        out = out.header(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    out.body(()).ok()
+}
+
+/// An I/O object that first yields bytes already read from it.
+pub struct Rewind<I> {
+    pre: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    /// `pre` is read before anything from `inner`.
+    pub fn new(inner: I, pre: Bytes) -> Rewind<I> {
+        Rewind { pre, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Write `resp` as the connection's one and last HTTP/1.1 response: a
+/// sized body with `content-length`, a stream chunked, frames that are
+/// ready together in one write. Returns when the body ended (after the last
+/// chunk), or when the peer closed or failed. Bytes the peer sends meanwhile
+/// are read and dropped: that is how a closed tab is noticed while idle.
+pub async fn respond<I>(io: &mut I, resp: Response<Body>) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let sized = body.size_hint().exact();
+    let chunked = sized.is_none();
+    let mut out = vec![head(&parts, sized)];
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut scratch = [0u8; 64];
+    let mut ended = false;
+    loop {
+        // Take everything the body has ready without waiting.
+        while !ended && frames.len() < MAX_BATCH {
+            match body.frame().now_or_never() {
+                None => break,
+                Some(next) => ended = take(next, &mut frames)?,
+            }
+        }
+        if !frames.is_empty() || ended || !out.is_empty() {
+            frame_into(&mut out, &mut frames, chunked, ended);
+            write_all(io, &mut out).await?;
+            io.flush().await?;
+        }
+        if ended {
+            // Best effort: the response is complete either way.
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        tokio::select! {
+            next = body.frame() => ended = take(next, &mut frames)?,
+            r = io.read(&mut scratch) => match r {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+}
+
+type Next = Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>;
+
+// Whether the body ended.
+fn take(next: Next, frames: &mut Vec<Bytes>) -> io::Result<bool> {
+    match next {
+        None => Ok(true),
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                frames.push(data);
+            }
+            Ok(false)
+        }
+        Some(Err(e)) => Err(io::Error::other(e)),
+    }
+}
+
+fn head(parts: &http::response::Parts, sized: Option<u64>) -> Bytes {
+    let mut h = Vec::with_capacity(256);
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    h.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+        {
+            continue;
+        }
+        h.extend_from_slice(name.as_str().as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        h.extend_from_slice(b"date: ");
+        h.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    match sized {
+        Some(n) => h.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    // One response per connection: the stream never ends in a state where
+    // another request could follow.
+    h.extend_from_slice(b"connection: close\r\n\r\n");
+    Bytes::from(h)
+}
+
+// Append `frames` to `out` with chunk framing (one chunk for the batch), and
+// the last-chunk marker if the body ended.
+fn frame_into(out: &mut Vec<Bytes>, frames: &mut Vec<Bytes>, chunked: bool, ended: bool) {
+    if !chunked {
+        out.append(frames);
+        return;
+    }
+    let len: usize = frames.iter().map(Bytes::len).sum();
+    if len > 0 {
+        out.push(Bytes::from(format!("{len:x}\r\n")));
+        out.append(frames);
+        out.push(Bytes::from_static(b"\r\n"));
+    }
+    if ended {
+        out.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+}
+
+// Write every buffer in `out`, as few syscalls as the socket allows; empties
+// `out`.
+async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < out.len() {
+        let slices: Vec<IoSlice<'_>> = out[first..]
+            .iter()
+            .take(MAX_BATCH + 4)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < out.len() {
+            let len = out[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                out[first].advance(n);
+                n = 0;
+            }
+        }
+        while first < out.len() && out[first].is_empty() {
+            first += 1;
+        }
+    }
+    out.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_str(s: &str) -> &'static str {
+        match classify(s.as_bytes(), "/events") {
+            Head::NeedMore => "more",
+            Head::Other => "other",
+            Head::Events(_) => "events",
+        }
+    }
+
+    #[test]
+    fn only_a_clean_events_head_is_taken() {
+        let ok = "GET /events?tab=a HTTP/1.1\r\nHost: x\r\nCookie: s=1\r\n\r\n";
+        assert_eq!(classify_str(ok), "events");
+        // Undecided until the head is complete.
+        assert_eq!(classify_str("GE"), "more");
+        assert_eq!(classify_str("GET /events HTTP/1.1\r\nHost: x\r\n"), "more");
+        for other in [
+            "POST /events HTTP/1.1\r\n\r\n",
+            "GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /eventsx HTTP/1.1\r\n\r\n",
+            "GET /events HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET /events HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /events HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET http://evil/events HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\r\nGET /events HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(classify_str(other), "other", "{other:?}");
+        }
+        // Another path is ruled out from the request line alone.
+        assert_eq!(classify_str("GET /index.html HTTP/1.1\r\n"), "other");
+    }
+
+    #[test]
+    fn the_request_keeps_target_and_headers() {
+        let Head::Events(req) = classify(
+            b"GET /events?lastEventId=e-3 HTTP/1.1\r\nHost: a\r\nLast-Event-ID: e-4\r\n\r\n",
+            "/events",
+        ) else {
+            panic!("not taken");
+        };
+        assert_eq!(req.uri().path(), "/events");
+        assert_eq!(req.uri().query(), Some("lastEventId=e-3"));
+        assert_eq!(req.headers()["last-event-id"], "e-4");
+    }
+
+    #[tokio::test]
+    async fn rewind_gives_back_what_was_read_first() {
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b"GET /other HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let Sniffed::Other(mut rw) = sniff(near, "/events", Duration::from_secs(5)).await else {
+            panic!("not handed on");
+        };
+        far.write_all(b"tail").await.expect("write");
+        drop(far);
+        let mut all = String::new();
+        rw.read_to_string(&mut all).await.expect("read");
+        assert_eq!(all, "GET /other HTTP/1.1\r\n\r\ntail");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_chunked_batched_and_terminated() {
+        let (mut far, mut near) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        for s in ["a\n\n", "bb\n\n"] {
+            tx.send(Bytes::from(s)).await.expect("send");
+        }
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| {
+                (
+                    Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)),
+                    rx,
+                )
+            })
+        });
+        let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let server = tokio::spawn(async move { respond(&mut near, resp).await });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).ends_with("bb\n\n\r\n") {
+            let n = far.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-type: text/event-stream\r\n"));
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        // Both frames that were ready went out as one chunk.
+        assert!(text.ends_with("\r\n\r\n7\r\na\n\nbb\n\n\r\n"), "{text:?}");
+        drop(tx);
+        server.await.expect("join").expect("respond");
+        let mut rest = String::new();
+        far.read_to_string(&mut rest).await.expect("read");
+        assert_eq!(rest, "0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_ends_an_idle_stream() {
+        let (far, mut near) = tokio::io::duplex(1024);
+        let body = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, crate::body::BoxError>,
+        >())
+        .boxed_unsync();
+        let server = tokio::spawn(async move { respond(&mut near, Response::new(body)).await });
+        drop(far);
+        let r = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(r.is_ok(), "the idle stream did not notice the peer leaving");
+    }
+}
