@@ -284,7 +284,7 @@ async fn run(
         "json_path": json_path.display().to_string(),
         "plot_path": plot_path.display().to_string(),
         "notes": [
-            "Every system gets the same tabs (HTTP/1.1, one connection each, source addresses spread over 127.0.0.0/8) and the same emit clock (20 ticks/s, round-robin over users).",
+            "Every system gets the same tabs (HTTP/1.1, one connection each, source addresses spread over 127.0.0.0/8) and the same emit clock (100 ticks/s, round-robin over users; every event of a tick is sent as one burst with one timestamp).",
             "ssemux: the mock backend emits `inbound {peer: <timestamp>}`; ssemux's default rules turn it into `thread-updated` + `contact-changed`. The others are handed the two already-translated triggers: nginx pass-through by the mock backend on each tab's own stream, Pushpin by one HTTP publish per tick (GRIP http-stream), nchan by one POST per trigger per user, the floor by one control line per user.",
             "CPU and PSS are the system's own processes (ssemux; nginx master+workers; pushpin's runner, condure, zurl, proxy and handler; the floor). The mock backend is reported separately; the GRIP origin runs inside the bench.",
             "Churn and storm only apply to systems with a per-user backend stream (ssemux, nginx pass-through); they are reported n/a for the publish-model systems.",
