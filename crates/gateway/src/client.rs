@@ -40,6 +40,10 @@ pub struct ClientConfig {
     /// backend's own keep-alive timeout, or a request can race the backend
     /// closing the connection it was sent on.
     pub pool_idle_timeout: Duration,
+    /// Most idle connections kept per backend host. A burst (every user
+    /// logging in after a restart) opens many connections at once; without a
+    /// cap each stays, with its buffers, until the idle timeout.
+    pub pool_max_idle: usize,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +52,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             extra_ca_pem: None,
             pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 64,
         }
     }
 }
@@ -124,6 +129,7 @@ pub fn backend_client(cfg: &ClientConfig) -> Result<BackendClient, ClientError> 
 
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle)
         // Without a pool timer the idle timeout is never enforced.
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

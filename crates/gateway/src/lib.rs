@@ -21,4 +21,5 @@ pub mod tab_conn;
 pub mod tls;
 pub mod translate;
 pub mod upstream;
+pub mod upstream_conn;
 pub mod watermark;

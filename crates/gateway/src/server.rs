@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,8 @@ use crate::socket::WriteDeadline;
 use crate::tab::{self, TabHold, TabSettings};
 use crate::tab_conn::{self, Sniffed};
 use crate::tls::TlsAcceptor;
-use crate::upstream::{HttpConnector, SharedRules, Upstream, UpstreamSettings};
+use crate::upstream::{Connector, HttpConnector, SharedRules, Upstream, UpstreamSettings};
+use crate::upstream_conn::PlainConnector;
 use crate::watermark::{self, Watermarks};
 
 /// Largest read-watermark request body ssemux inspects.
@@ -103,18 +104,28 @@ impl Gateway {
             &cfg.watermark.inbound_event,
             cfg.watermark.timeout.0,
         );
-        let connector = HttpConnector::new(
-            client.clone(),
-            cfg.backend_url(&cfg.upstream.events_path)?,
+        let events_url = cfg.backend_url(&cfg.upstream.events_path)?;
+        // Plain http: the lean per-user connection (upstream_conn); https:
+        // the shared hyper client, where ALPN h2 multiplexes the users.
+        let connector: Arc<dyn Connector> = match PlainConnector::for_url(
+            &events_url,
+            cfg.upstream.connect_timeout.0,
             cfg.upstream.response_timeout.0,
-        );
+        ) {
+            Some(plain) => Arc::new(plain),
+            None => Arc::new(HttpConnector::new(
+                client.clone(),
+                events_url,
+                cfg.upstream.response_timeout.0,
+            )),
+        };
         let metrics = Metrics::new();
         let tls = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
         let upstream = Upstream::new(
-            Arc::new(connector),
+            connector,
             Arc::new(cfg.translate.clone()),
             UpstreamSettings::from(&cfg.upstream),
             Some(watermarks.clone()),
@@ -470,6 +481,8 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.cfg.server.header_read_timeout.0);
+        // Shared, not cloned per connection: every tab's task holds it.
+        let builder = Arc::new(builder);
         let write_timeout = self.cfg.server.write_timeout.0;
         // The admin listener outlives the drain so /readyz can say 503.
         let admin_stop = CancellationToken::new();
@@ -503,7 +516,7 @@ impl Gateway {
             // request head.
             let limit = self.cfg.server.header_read_timeout.0;
             tokio::spawn(async move {
-                match tokio::time::timeout(limit, acceptor.accept(io)).await {
+                match tokio::time::timeout(limit, Box::pin(acceptor.accept(io))).await {
                     Ok(Ok(tls)) => gw.serve_conn(&builder, watcher, tls, peer).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                     Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
@@ -530,23 +543,54 @@ impl Gateway {
     async fn serve_conn<I>(
         self: &Arc<Self>,
         builder: &auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: Watcher,
         io: I,
         peer: SocketAddr,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // This task lives as long as the tab, and a future is as big as its
+        // biggest step: the steps before the stream (sniffing, auth,
+        // subscribe, or a whole hyper connection) run boxed, so an idle tab
+        // holds only what streaming needs.
+        let opened = Box::pin(self.open_conn(builder, watcher, io, peer)).await;
+        let Some((mut io, resp, span, watcher)) = opened else {
+            return;
+        };
+        match tab_conn::respond(&mut io, resp).instrument(span).await {
+            Ok(()) => {}
+            Err(e) if is_write_stall(&e) => {
+                self.metrics.slow_tab_cut();
+                tracing::info!(%peer, "connection cut: peer stopped reading");
+            }
+            Err(e) => tracing::debug!(error = %e, "tab connection ended with error"),
+        }
+        drop(watcher);
+    }
+
+    /// The start of a connection: an events request gets its response (to
+    /// stream), anything else is served by hyper here to the end (`None`).
+    async fn open_conn<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) -> Option<(I, Response<Body>, tracing::Span, Watcher)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let sniffed = tokio::select! {
             // An idle connection must not hold up the drain.
-            _ = self.shutdown.cancelled() => return,
+            _ = self.shutdown.cancelled() => return None,
             s = tab_conn::sniff(io, &self.cfg.events_path, self.cfg.server.header_read_timeout.0) => s,
         };
-        let (mut io, req) = match sniffed {
-            Sniffed::Gone => return,
+        let (io, req) = match sniffed {
+            Sniffed::Gone => return None,
             Sniffed::Other(io) => {
-                return self
-                    .serve_hyper(builder, watcher, TokioIo::new(io), peer)
+                self.serve_hyper(builder, watcher, TokioIo::new(io), peer)
                     .await;
+                return None;
             }
             Sniffed::Events(io, req) => (io, req),
         };
@@ -561,15 +605,7 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        match tab_conn::respond(&mut io, resp).instrument(span).await {
-            Ok(()) => {}
-            Err(e) if is_write_stall(&e) => {
-                self.metrics.slow_tab_cut();
-                tracing::info!(%peer, "connection cut: peer stopped reading");
-            }
-            Err(e) => tracing::debug!(error = %e, "tab connection ended with error"),
-        }
-        drop(watcher);
+        Some((io, resp, span, watcher))
     }
 
     /// Serve a connection with hyper until it ends. Every request runs in a
@@ -578,7 +614,7 @@ impl Gateway {
     async fn serve_hyper<I>(
         self: &Arc<Self>,
         builder: &auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: Watcher,
         io: I,
         peer: SocketAddr,
     ) where

@@ -196,6 +196,8 @@ where
     let sized = body.size_hint().exact();
     let chunked = sized.is_none();
     let mut out = vec![head(&parts, sized)];
+    // The headers are written; an idle tab should not keep their map.
+    drop(parts);
     let mut frames: Vec<Bytes> = Vec::new();
     let mut scratch = [0u8; 64];
     let mut ended = false;
@@ -217,6 +219,10 @@ where
             let _ = io.shutdown().await;
             return Ok(());
         }
+        // Nothing pending: while the tab waits (mostly, for long), it holds
+        // no batch buffers; the next batch allocates its own.
+        out = Vec::new();
+        frames = Vec::new();
         tokio::select! {
             next = body.frame() => ended = take(next, &mut frames)?,
             r = io.read(&mut scratch) => match r {

@@ -436,7 +436,9 @@ impl Upstream {
                 if let Some(w) = &self.watermarks {
                     // Ordering guarantee: the backend's watermark moves
                     // before any tab hears of the message.
-                    w.before_fanout(channel, event, data).await;
+                    // Boxed: the backend request is big and rare, and this
+                    // task lives as long as the user's stream.
+                    Box::pin(w.before_fanout(channel, event, data)).await;
                 }
                 for t in &triggers {
                     if t.name == translate::RESYNC {

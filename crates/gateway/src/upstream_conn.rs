@@ -1,0 +1,775 @@
+//! Upstream connection: the one long `GET <events path>` per user to a
+//! plain-http backend, spoken as HTTP/1.1 straight on the TCP socket. It owns
+//! the socket, the response head check and the body's de-framing (chunked,
+//! content-length, or until close). Between reads it holds no buffer (reads
+//! land on the stack and leave as the data they carry), so an idle user's
+//! upstream costs its socket and a few hundred bytes, where a pooled hyper
+//! client connection costs ~25 KiB (its dispatch channel, two 8 KiB buffers
+//! and a task of its own) — multiplied by every user.
+//!
+//! An https backend keeps the hyper client ([`crate::upstream::HttpConnector`]):
+//! TLS buffers dwarf the saving, and ALPN h2 lets all users' streams share
+//! one connection there. This module never sends a second request on a
+//! connection, never follows a redirect and never hands on a byte that is
+//! not body data.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::Stream;
+use http::{HeaderValue, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::BoxError;
+use crate::upstream::{ByteStream, ConnectError, ConnectRequest, Connector};
+
+/// Longest response head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 64;
+
+/// Most bytes taken per read of the body (a stack buffer, not kept).
+const READ_CHUNK: usize = 8192;
+
+/// Read buffer for the response head, grown as needed up to [`MAX_HEAD`].
+const HEAD_CHUNK: usize = 1024;
+
+/// Longest chunk-size or trailer line in a chunked body.
+const MAX_LINE: usize = 4096;
+
+/// Where and how to open the stream; shared by every user's connect.
+#[derive(Debug)]
+struct Target {
+    host: String,
+    port: u16,
+    // The request head up to (not including) the per-user headers.
+    head: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+/// Opens upstream streams to a plain-http backend with the lean client.
+#[derive(Clone, Debug)]
+pub struct PlainConnector {
+    target: Arc<Target>,
+}
+
+impl PlainConnector {
+    /// A connector for `url` (the full events URL), or `None` when the URL
+    /// is not plain `http://` with a host (https goes to the hyper client).
+    pub fn for_url(
+        url: &Uri,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Option<PlainConnector> {
+        if url.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = url.authority()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        // `Uri` keeps the brackets of an IPv6 literal; connect wants them off.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let path = url.path_and_query().map_or("/", |p| p.as_str());
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n",
+            authority.as_str()
+        );
+        Some(PlainConnector {
+            target: Arc::new(Target {
+                host,
+                port,
+                head,
+                connect_timeout,
+                response_timeout,
+            }),
+        })
+    }
+}
+
+impl Connector for PlainConnector {
+    fn connect(&self, req: ConnectRequest) -> BoxFuture<'static, Result<ByteStream, ConnectError>> {
+        let t = self.target.clone();
+        Box::pin(async move {
+            let tcp = tokio::time::timeout(
+                t.connect_timeout,
+                TcpStream::connect((t.host.as_str(), t.port)),
+            )
+            .await
+            .map_err(|_| ConnectError::Transport("connect timed out".into()))?
+            .map_err(|e| ConnectError::Transport(e.to_string()))?;
+            // Small request, then a stream of small events: no batching.
+            let _ = tcp.set_nodelay(true);
+            open(tcp, request_head(&t.head, &req), t.response_timeout).await
+        })
+    }
+}
+
+/// The whole request head for one user's connect. A cookie or id that HTTP
+/// cannot carry is left out, as the hyper client does: a missing cookie is
+/// refused by the backend, a missing id answered with a resync.
+fn request_head(base: &str, req: &ConnectRequest) -> Bytes {
+    let mut h = String::with_capacity(base.len() + req.cookie.len() + 64);
+    h.push_str(base);
+    if HeaderValue::from_str(&req.cookie).is_ok() {
+        h.push_str("cookie: ");
+        h.push_str(&req.cookie);
+        h.push_str("\r\n");
+    }
+    if let Some(id) = req.last_event_id.as_deref()
+        && HeaderValue::from_str(id).is_ok()
+    {
+        h.push_str("last-event-id: ");
+        h.push_str(id);
+        h.push_str("\r\n");
+    }
+    h.push_str("\r\n");
+    Bytes::from(h)
+}
+
+/// Send `head` on `io`, read and check the response head within
+/// `response_timeout`, and return the body as a stream of data bytes.
+pub async fn open<I>(
+    mut io: I,
+    head: Bytes,
+    response_timeout: Duration,
+) -> Result<ByteStream, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + response_timeout;
+    let transport = |e: io::Error| ConnectError::Transport(e.to_string());
+    tokio::time::timeout_at(deadline, io.write_all(&head))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(transport)?;
+    let mut buf = BytesMut::with_capacity(HEAD_CHUNK);
+    let framing = loop {
+        match parse_head(&mut buf)? {
+            Some(framing) => break framing,
+            None if buf.len() >= MAX_HEAD => {
+                return Err(ConnectError::Transport("response head too large".into()));
+            }
+            None => {}
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(HEAD_CHUNK));
+        }
+        let n = tokio::time::timeout_at(deadline, io.read_buf(&mut buf))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(transport)?;
+        if n == 0 {
+            return Err(ConnectError::Transport(
+                "connection closed before the response head".into(),
+            ));
+        }
+    };
+    let mut body = BodyReader { io, buf, framing };
+    body.release_if_empty();
+    Ok(Box::pin(body))
+}
+
+/// Parse a complete response head at the start of `buf` and consume it;
+/// `None` while incomplete. Interim (1xx) heads are skipped.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Framing>, ConnectError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => {
+                return Err(ConnectError::Transport(format!(
+                    "malformed response head: {e}"
+                )));
+            }
+        };
+        let status = resp
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| ConnectError::Transport("malformed status code".into()))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            continue;
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ConnectError::Unauthorized(status));
+        }
+        if !status.is_success() {
+            return Err(ConnectError::Status(status));
+        }
+        let framing = check_headers(resp.headers, resp.version == Some(1))?;
+        buf.advance(len);
+        return Ok(Some(framing));
+    }
+}
+
+/// Check the content type and pick the body's framing (RFC 9112 §6.3).
+fn check_headers(headers: &[httparse::Header<'_>], http11: bool) -> Result<Framing, ConnectError> {
+    let mut ctype: Option<&[u8]> = None;
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-type") {
+            ctype = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding listed decides; several headers form one list.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(http11 && last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ConnectError::Transport("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ConnectError::Transport("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    let ctype = String::from_utf8_lossy(ctype.unwrap_or_default()).into_owned();
+    if !ctype
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+    {
+        return Err(ConnectError::ContentType(ctype));
+    }
+    Ok(match (chunked, length) {
+        (Some(true), _) => Framing::Chunked(Chunk::Size),
+        // A transfer coding we do not decode: the body runs to close.
+        (Some(false), _) => Framing::Close,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::Close,
+    })
+}
+
+/// How the response body is delimited, and how far through it we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Chunked transfer coding, at this point of a chunk.
+    Chunked(Chunk),
+    /// This many body bytes remain.
+    Length(u64),
+    /// The body runs until the backend closes the connection.
+    Close,
+    /// The body ended (or failed); nothing more is read.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailer,
+}
+
+/// What one de-framing step found in the buffer.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+struct BodyReader<I> {
+    io: I,
+    buf: BytesMut,
+    framing: Framing,
+}
+
+impl<I> BodyReader<I> {
+    /// An emptied buffer may still pin the allocation its data was split
+    /// from; between reads an idle stream should hold nothing.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Bytes, BoxError>>> {
+        self.framing = Framing::Done;
+        self.buf = BytesMut::new();
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+impl<I: AsyncRead + Unpin> Stream for BodyReader<I> {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.step() {
+                Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(d))),
+                Ok(Step::End) => {
+                    this.framing = Framing::Done;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => this.release_if_empty(),
+                Err(e) => return this.fail(e),
+            }
+            // On the stack: nothing of it outlives this read.
+            let mut tmp = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut tmp);
+            if let Err(e) = ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb)) {
+                return this.fail(e);
+            }
+            if rb.filled().is_empty() {
+                return match this.framing {
+                    Framing::Close | Framing::Done => {
+                        this.framing = Framing::Done;
+                        Poll::Ready(None)
+                    }
+                    _ => this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "backend closed the connection inside the response body",
+                    )),
+                };
+            }
+            this.buf.extend_from_slice(rb.filled());
+        }
+    }
+}
+
+impl<I> BodyReader<I> {
+    fn step(&mut self) -> io::Result<Step> {
+        let buf = &mut self.buf;
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(Step::End),
+                Framing::Close => {
+                    return Ok(if buf.is_empty() {
+                        Step::NeedMore
+                    } else {
+                        Step::Data(buf.split().freeze())
+                    });
+                }
+                Framing::Length(0) => return Ok(Step::End),
+                Framing::Length(n) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    self.framing = Framing::Length(n - k as u64);
+                    return Ok(Step::Data(buf.split_to(k).freeze()));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailer
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Framing::Chunked(Chunk::Data(n)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let left = n - k as u64;
+                    self.framing = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Step::Data(buf.split_to(k).freeze()));
+                }
+                Framing::Chunked(Chunk::DataEnd) => match buf.first() {
+                    None => return Ok(Step::NeedMore),
+                    Some(b'\n') => {
+                        buf.advance(1);
+                        self.framing = Framing::Chunked(Chunk::Size);
+                    }
+                    Some(b'\r') => match buf.get(1) {
+                        None => return Ok(Step::NeedMore),
+                        Some(b'\n') => {
+                            buf.advance(2);
+                            self.framing = Framing::Chunked(Chunk::Size);
+                        }
+                        Some(_) => return Err(bad_chunk("chunk data not followed by CRLF")),
+                    },
+                    Some(_) => return Err(bad_chunk("chunk data longer than its size")),
+                },
+                Framing::Chunked(Chunk::Trailer) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    if line.is_empty() {
+                        return Ok(Step::End);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Take one line (without its CRLF or LF) off the front of `buf`.
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_LINE {
+            return Err(bad_chunk("chunk line too long"));
+        }
+        return Ok(None);
+    };
+    let mut line = buf.split_to(end + 1);
+    line.truncate(end);
+    if line.last() == Some(&b'\r') {
+        line.truncate(end - 1);
+    }
+    Ok(Some(line.freeze()))
+}
+
+/// The size of a chunk-size line: hex digits, then optionally extensions
+/// (ignored) after `;`.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    // 15 hex digits stay below u64::MAX; nobody sends a bigger chunk.
+    if digits == 0 || digits > 15 {
+        return Err(bad_chunk("invalid chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(bad_chunk("invalid chunk size"));
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad_chunk("invalid chunk size"))?;
+    u64::from_str_radix(hex, 16).map_err(|_| bad_chunk("invalid chunk size"))
+}
+
+fn bad_chunk(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn req(cookie: &str, id: Option<&str>) -> ConnectRequest {
+        ConnectRequest {
+            user: "alice".into(),
+            cookie: cookie.into(),
+            last_event_id: id.map(str::to_string),
+        }
+    }
+
+    fn connector(url: &str) -> PlainConnector {
+        let url: Uri = url.parse().expect("uri");
+        PlainConnector::for_url(&url, WAIT, WAIT).expect("plain http")
+    }
+
+    /// Open over an in-memory pipe; the test plays the backend on `server`.
+    async fn open_pipe() -> (Result<ByteStream, ConnectError>, DuplexStream) {
+        let (client, server) = duplex(64 * 1024);
+        let head = request_head(&connector("http://b:1/e").target.head, &req("s=1", None));
+        (open(client, head, WAIT).await, server)
+    }
+
+    async fn collect(mut s: ByteStream) -> (Vec<u8>, Option<String>) {
+        let mut out = Vec::new();
+        while let Some(r) = s.next().await {
+            match r {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+        (out, None)
+    }
+
+    /// Feed `response` to a fresh connection in pieces of `split` bytes and
+    /// return what the body stream yields.
+    async fn run(response: &[u8], split: usize) -> Result<(Vec<u8>, Option<String>), String> {
+        let (client, mut server) = duplex(64 * 1024);
+        let head = request_head(&connector("http://b/e").target.head, &req("s=1", None));
+        let response = response.to_vec();
+        let feeder = tokio::spawn(async move {
+            for piece in response.chunks(split.max(1)) {
+                if server.write_all(piece).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            // Closing ends a close-delimited body.
+            drop(server);
+        });
+        let out = match open(client, head, WAIT).await {
+            Ok(s) => Ok(collect(s).await),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = feeder.await;
+        out
+    }
+
+    const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
+
+    #[test]
+    fn only_plain_http_urls_use_the_lean_client() {
+        let ok = |u: &str| PlainConnector::for_url(&u.parse().expect("uri"), WAIT, WAIT).is_some();
+        assert!(ok("http://127.0.0.1:8081/api/v1/events"));
+        assert!(!ok("https://backend/api/v1/events"));
+        assert!(!ok("http://user:pw@backend/api/v1/events"));
+        let c = connector("http://[::1]:8081/api/v1/events?x=1");
+        assert_eq!((c.target.host.as_str(), c.target.port), ("::1", 8081));
+        assert!(
+            c.target
+                .head
+                .starts_with("GET /api/v1/events?x=1 HTTP/1.1\r\nhost: [::1]:8081\r\n")
+        );
+        assert_eq!(connector("http://backend/e").target.port, 80);
+    }
+
+    #[test]
+    fn request_head_carries_cookie_and_id_but_never_a_crlf_from_them() {
+        let base = connector("http://b/e").target.head.clone();
+        let h = request_head(&base, &req("session=abc", Some("e1-7")));
+        let h = std::str::from_utf8(&h).expect("utf8");
+        assert!(h.contains("\r\ncookie: session=abc\r\n"), "{h}");
+        assert!(h.contains("\r\nlast-event-id: e1-7\r\n"), "{h}");
+        assert!(h.ends_with("\r\n\r\n"));
+
+        let h = request_head(&base, &req("a=1\r\nx-evil: 1", Some("1\r\nx-evil: 2")));
+        let h = std::str::from_utf8(&h).expect("utf8");
+        assert!(!h.contains("x-evil"), "{h}");
+        assert!(!h.contains("cookie") && !h.contains("last-event-id"), "{h}");
+    }
+
+    #[tokio::test]
+    async fn sends_the_request_head_first() {
+        let (client, mut server) = duplex(64 * 1024);
+        let head = request_head(&connector("http://b/e").target.head, &req("s=1", Some("9")));
+        let expect = head.clone();
+        let opening = tokio::spawn(open(client, head, WAIT));
+        let mut got = vec![0u8; expect.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut got)
+            .await
+            .expect("request");
+        assert_eq!(got, expect);
+        server
+            .write_all(format!("{SSE_HEAD}content-length: 0\r\n\r\n").as_bytes())
+            .await
+            .expect("answer");
+        let stream = opening.await.expect("join").expect("open");
+        assert_eq!(collect(stream).await, (Vec::new(), None));
+    }
+
+    #[tokio::test]
+    async fn chunked_body_survives_every_split() {
+        let body = "data: one\n\nevent: inbound\ndata: {\"peer\":\"bob\"}\n\n";
+        let mut resp = format!("{SSE_HEAD}transfer-encoding: chunked\r\n\r\n");
+        // Two chunks, one with an extension, then a trailer.
+        resp.push_str(&format!("{:x}\r\n{}\r\n", 11, &body[..11]));
+        resp.push_str(&format!(
+            "{:X};ext=1\r\n{}\r\n",
+            body.len() - 11,
+            &body[11..]
+        ));
+        resp.push_str("0\r\nx-trailer: 1\r\n\r\n");
+        for split in [1, 2, 3, 7, 64, resp.len()] {
+            let (data, err) = run(resp.as_bytes(), split).await.expect("open");
+            assert_eq!(err, None, "split {split}");
+            assert_eq!(String::from_utf8_lossy(&data), body, "split {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_and_close_delimited_bodies() {
+        let resp = format!("{SSE_HEAD}content-length: 5\r\n\r\ndata:trailing junk");
+        assert_eq!(
+            run(resp.as_bytes(), 4).await.expect("open"),
+            (b"data:".to_vec(), None)
+        );
+        let resp = format!("{SSE_HEAD}\r\ndata: a\n\n");
+        assert_eq!(
+            run(resp.as_bytes(), 3).await.expect("open"),
+            (b"data: a\n\n".to_vec(), None)
+        );
+        // A coding other than chunked last: read to close, undecoded.
+        let resp = format!("{SSE_HEAD}transfer-encoding: chunked, gzip\r\n\r\nxyz");
+        assert_eq!(
+            run(resp.as_bytes(), 100).await.expect("open"),
+            (b"xyz".to_vec(), None)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_not_a_clean_end() {
+        let resp = format!("{SSE_HEAD}transfer-encoding: chunked\r\n\r\n10\r\nabc");
+        let (data, err) = run(resp.as_bytes(), 100).await.expect("open");
+        assert_eq!(data, b"abc");
+        assert!(err.is_some_and(|e| e.contains("inside the response body")));
+        let resp = format!("{SSE_HEAD}content-length: 10\r\n\r\nabc");
+        assert!(run(resp.as_bytes(), 100).await.expect("open").1.is_some());
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_framing_is_an_error() {
+        for bad in [
+            "zz\r\nabc\r\n",
+            "3\r\nabcdef\r\n",
+            "3 x\r\nabc\r\n",
+            "10000000000000000\r\n",
+        ] {
+            let resp = format!("{SSE_HEAD}transfer-encoding: chunked\r\n\r\n{bad}");
+            let (_, err) = run(resp.as_bytes(), 100).await.expect("open");
+            assert!(err.is_some(), "{bad:?} accepted");
+        }
+        let long = format!(
+            "{SSE_HEAD}transfer-encoding: chunked\r\n\r\n{}",
+            "1".repeat(MAX_LINE + 10)
+        );
+        assert!(run(long.as_bytes(), 1000).await.expect("open").1.is_some());
+    }
+
+    #[tokio::test]
+    async fn head_answers_map_to_connect_errors() {
+        type Expect = fn(&ConnectError) -> bool;
+        let cases: [(&str, Expect); 7] = [
+            (
+                "HTTP/1.1 401 Unauthorized\r\n\r\n",
+                |e| matches!(e, ConnectError::Unauthorized(s) if *s == StatusCode::UNAUTHORIZED),
+            ),
+            ("HTTP/1.1 403 Forbidden\r\n\r\n", |e| {
+                matches!(e, ConnectError::Unauthorized(_))
+            }),
+            (
+                "HTTP/1.1 503 Busy\r\ncontent-length: 0\r\n\r\n",
+                |e| matches!(e, ConnectError::Status(s) if *s == StatusCode::SERVICE_UNAVAILABLE),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\n",
+                |e| matches!(e, ConnectError::ContentType(t) if t == "text/html"),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", |e| {
+                matches!(e, ConnectError::ContentType(_))
+            }),
+            ("HTTP/1.1 2x0 OK\r\n\r\n", |e| {
+                matches!(e, ConnectError::Transport(_))
+            }),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                |e| matches!(e, ConnectError::Transport(_)),
+            ),
+        ];
+        for (resp, is) in cases {
+            for split in [1, 1000] {
+                match run(resp.as_bytes(), split).await {
+                    Err(_) => {}
+                    Ok(out) => panic!("{resp:?} opened: {out:?}"),
+                }
+                let (client, mut server) = duplex(64 * 1024);
+                // The backend stays connected: the request write must work.
+                server.write_all(resp.as_bytes()).await.expect("write");
+                let err = open(client, Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"), WAIT)
+                    .await
+                    .err()
+                    .expect("refused");
+                assert!(is(&err), "{resp:?} gave {err:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_heads_are_skipped() {
+        let resp =
+            format!("HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n{SSE_HEAD}\r\ndata: a\n\n");
+        assert_eq!(
+            run(resp.as_bytes(), 5).await.expect("open"),
+            (b"data: a\n\n".to_vec(), None)
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_or_missing_head_is_refused() {
+        let huge = format!("{SSE_HEAD}x-pad: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(
+            run(huge.as_bytes(), 4096)
+                .await
+                .is_err_and(|e| e.contains("too large"))
+        );
+        assert!(
+            run(b"HTTP/1.1 200 OK\r\n", 100)
+                .await
+                .is_err_and(|e| e.contains("closed before"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_times_out_the_head() {
+        let (opened, _server) = open_pipe().await;
+        assert!(matches!(opened, Err(ConnectError::Timeout)));
+    }
+
+    #[tokio::test]
+    async fn connects_over_tcp_and_reads_live_events() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let backend = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b)
+                    .await
+                    .expect("read");
+                head.push(b[0]);
+            }
+            s.write_all(format!("{SSE_HEAD}transfer-encoding: chunked\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            s.write_all(b"9\r\ndata: a\n\n\r\n").await.expect("write");
+            (String::from_utf8_lossy(&head).into_owned(), s)
+        });
+        let c = connector(&format!("http://127.0.0.1:{port}/api/v1/events"));
+        let mut stream = c
+            .connect(req("session=x", Some("e-1")))
+            .await
+            .expect("connect");
+        let first = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("in time")
+            .expect("item")
+            .expect("data");
+        assert_eq!(&first[..], b"data: a\n\n");
+        let (head, s) = backend.await.expect("backend");
+        assert!(
+            head.starts_with("GET /api/v1/events HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ncookie: session=x\r\n"), "{head}");
+        assert!(head.contains("\r\nlast-event-id: e-1\r\n"), "{head}");
+        // The backend going away mid-chunk-stream is an error, not an end.
+        drop(s);
+        let last = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("in time");
+        assert!(matches!(last, Some(Err(_))), "{last:?}");
+    }
+}
