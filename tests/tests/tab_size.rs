@@ -31,6 +31,12 @@ use ssemux_gateway::upstream::{
 /// the kernel's — and the per-user channel are not in this number.)
 const TAB_HEAP_BUDGET: isize = 1024;
 
+/// Bytes of the future that streams an idle tab's response on its
+/// connection (`tab_conn::respond`), which is most of the tab's task. It
+/// holds no buffer of its own while the tab is idle; measured at 304 B when
+/// written (debug and release alike).
+const RESPOND_FUTURE_BUDGET: usize = 384;
+
 /// Tabs measured; enough that one-off allocations (channel, maps) vanish
 /// in the average.
 const TABS: isize = 1000;
@@ -214,7 +220,16 @@ async fn idle_tab_heap_stays_within_budget() {
     );
     assert!(per_tab > 0, "measurement broken: {per_tab}");
     assert_eq!(hub.tabs("alice"), 1 + warm.len() + TABS as usize);
+
+    let (mut near, _far) = tokio::io::duplex(64);
+    let respond = ssemux_gateway::tab_conn::respond(&mut near, http::Response::new(first));
+    let size = std::mem::size_of_val(&respond);
+    println!("respond future: {size} bytes (budget {RESPOND_FUTURE_BUDGET})");
+    assert!(
+        size <= RESPOND_FUTURE_BUDGET,
+        "the tab connection's streaming future is {size} bytes, over the {RESPOND_FUTURE_BUDGET}-byte budget"
+    );
+    drop(respond);
     drop(tabs);
     drop(warm);
-    drop(first);
 }

@@ -33,9 +33,9 @@ pub type SharedFrame = Arc<Frame>;
 /// Why a [`Follower`] has no frame to give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvError {
-    /// The tab fell so far behind that this many frames left the ring before
-    /// it took them. Its cursor is now at the newest frame: it must be told
-    /// `resync`, then it continues live.
+    /// The tab fell so far behind that frames left the ring before it took
+    /// them; it skips this many (all it had not taken). Its cursor is now at
+    /// the newest frame: it must be told `resync`, then it continues live.
     Lagged(u64),
     /// The channel was closed and every frame before the close was taken.
     Closed,
@@ -196,8 +196,17 @@ impl Channel {
     /// for the whole batch. Ids and ring order are assigned under one lock.
     pub fn publish(&self, triggers: &[Trigger]) {
         let mut st = self.lock();
+        if self.append(&mut st, triggers) {
+            drop(st);
+            self.wake.send_replace(());
+        }
+    }
+
+    // Append under the caller's lock; whether anything was appended (the
+    // caller then wakes the tabs, after unlocking).
+    fn append(&self, st: &mut State, triggers: &[Trigger]) -> bool {
         if st.closed {
-            return;
+            return false;
         }
         let before = st.seq;
         for t in triggers {
@@ -214,11 +223,10 @@ impl Channel {
             st.ring.push_back(Arc::new(Frame { seq, bytes }));
         }
         if st.seq == before {
-            return;
+            return false;
         }
-        self.trim(&mut st);
-        drop(st);
-        self.wake.send_replace(());
+        self.trim(st);
+        true
     }
 
     // Keep `ring_size` frames for replay; beyond that, only frames some tab
@@ -243,8 +251,11 @@ impl Channel {
 
     /// Send `logout` and end every tab stream. Later publishes are ignored.
     pub fn close(&self) {
-        self.publish(&[Trigger::new(translate::LOGOUT, "1")]);
-        self.lock().closed = true;
+        let mut st = self.lock();
+        // One lock: no publish can land between the logout and the close.
+        self.append(&mut st, &[Trigger::new(translate::LOGOUT, "1")]);
+        st.closed = true;
+        drop(st);
         self.wake.send_replace(());
     }
 
@@ -305,6 +316,9 @@ impl Channel {
     fn detach(&self, cursor: &Arc<AtomicU64>) {
         let mut st = self.lock();
         st.cursors.retain(|c| !Arc::ptr_eq(c, cursor));
+        // A slow tab leaving releases what only it held now, not at the
+        // next publish (which, in grace, may never come).
+        self.trim(&mut st);
     }
 
     /// Remember a tab's credentials (its `Cookie` header). Returns the key to
@@ -397,7 +411,7 @@ impl Follower {
         let oldest = st.ring.front().map_or(st.seq + 1, |f| f.seq);
         if oldest > cursor + 1 {
             self.cursor.store(st.seq, Ordering::Relaxed);
-            return Err(RecvError::Lagged(oldest - cursor - 1));
+            return Err(RecvError::Lagged(st.seq - cursor));
         }
         let start = (cursor + 1 - oldest) as usize;
         let mut taken = 0;
@@ -577,12 +591,16 @@ mod tests {
         // Taken by both and beyond the replay size: trimmed.
         assert_eq!(ch.backlog(), 6);
         assert_eq!(fast.try_recv().map(|f| f.seq), Ok(9));
-        // Past the limit the oldest untaken frames go and the slow tab lags
-        // by exactly what it lost, then follows live.
+        // Past the limit the oldest untaken frames go; the slow tab skips
+        // everything it had not taken (4..=14), then follows live.
         for n in 10..=14 {
             ch.publish(&[t(n)]);
         }
-        assert_eq!(slow.try_recv().map(|f| f.seq), Err(TryRecvError::Lagged(1)));
+        assert_eq!(ch.backlog(), 10);
+        assert_eq!(
+            slow.try_recv().map(|f| f.seq),
+            Err(TryRecvError::Lagged(11))
+        );
         assert_eq!(slow.try_recv().map(|f| f.seq), Err(TryRecvError::Empty));
         ch.publish(&[t(15)]);
         assert_eq!(slow.try_recv().map(|f| f.seq), Ok(15));
@@ -603,7 +621,7 @@ mod tests {
         assert_eq!(ch.receivers(), 1);
         drop(slow);
         assert_eq!(ch.receivers(), 0);
-        ch.publish(&[t(21)]);
+        // Released at once, without waiting for another publish.
         assert_eq!(ch.lock().ring.len(), 2);
     }
 

@@ -68,7 +68,6 @@ struct TabState {
     rx: Follower,
     settings: TabSettings,
     shutdown: CancellationToken,
-    lagged: u64,
     // Held for its Drop: unsubscribes and clears the active peer.
     _hold: TabHold,
 }
@@ -93,7 +92,6 @@ pub fn stream(
         rx: attach.rx,
         settings,
         shutdown,
-        lagged: 0,
         _hold: hold,
     };
     let frames = futures_util::stream::unfold(state, next_chunk)
@@ -106,6 +104,10 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
         if let Some(b) = st.pending.pop_front() {
             return Some((b, st));
         }
+        // A busy tab must see shutdown too, not only an idle one.
+        if st.shutdown.is_cancelled() {
+            return None;
+        }
         match st.rx.take_into(&mut st.pending, MAX_BATCH) {
             Ok(0) => {}
             Ok(n) => {
@@ -114,7 +116,6 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
             }
             Err(RecvError::Lagged(n)) => {
                 st.settings.metrics.resync(ResyncCause::Lag);
-                st.lagged += n;
                 tracing::debug!(missed = n, "tab fell behind; sending resync");
                 return Some((lag_resync_frame(), st));
             }

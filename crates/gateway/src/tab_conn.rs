@@ -32,6 +32,14 @@ const MAX_HEAD: usize = 16 * 1024 + 2048;
 /// Most headers accepted on the events request; more go to hyper.
 const MAX_HEADERS: usize = 64;
 
+/// Bytes a peer may send after the events request before it is cut.
+const MAX_UNSOLICITED: usize = 64 * 1024;
+
+/// How long a finished response waits for the peer to close, reading and
+/// dropping what it sends, and how much it reads meanwhile.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// Most body frames gathered into one `writev`.
 const MAX_BATCH: usize = 64;
 
@@ -147,6 +155,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             let n = this.pre.len().min(buf.remaining());
             buf.put_slice(&this.pre[..n]);
             this.pre.advance(n);
+            if this.pre.is_empty() {
+                // Hyper may keep this connection for long: free the sniff
+                // buffer now rather than when the connection ends.
+                this.pre = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -188,18 +201,26 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 /// ready together in one write. Returns when the body ended (after the last
 /// chunk), or when the peer closed or failed. Bytes the peer sends meanwhile
 /// are read and dropped: that is how a closed tab is noticed while idle.
-pub async fn respond<I>(io: &mut I, resp: Response<Body>) -> io::Result<()>
+pub fn respond<I>(io: &mut I, resp: Response<Body>) -> impl Future<Output = io::Result<()>> + '_
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = resp.into_parts();
+    // The head is encoded here, outside the future: the response's header
+    // map is not kept for the life of the stream.
+    let (parts, body) = resp.into_parts();
     let sized = body.size_hint().exact();
-    let chunked = sized.is_none();
-    let mut out = vec![head(&parts, sized)];
-    // The headers are written; an idle tab should not keep their map.
-    drop(parts);
+    let head = head(&parts, sized);
+    stream(io, body, head, sized.is_none())
+}
+
+async fn stream<I>(io: &mut I, mut body: Body, head: Bytes, chunked: bool) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = vec![head];
     let mut frames: Vec<Bytes> = Vec::new();
     let mut scratch = [0u8; 64];
+    let mut unsolicited = 0usize;
     let mut ended = false;
     loop {
         // Take everything the body has ready without waiting.
@@ -217,6 +238,8 @@ where
         if ended {
             // Best effort: the response is complete either way.
             let _ = io.shutdown().await;
+            // Boxed: its buffer would otherwise sit in every idle tab.
+            Box::pin(linger(io)).await;
             return Ok(());
         }
         // Nothing pending: while the tab waits (mostly, for long), it holds
@@ -227,11 +250,38 @@ where
             next = body.frame() => ended = take(next, &mut frames)?,
             r = io.read(&mut scratch) => match r {
                 Ok(0) => return Ok(()),
-                Ok(_) => {}
+                // A browser sends nothing after the request; a peer that
+                // keeps sending costs a wake-up per read and is cut.
+                Ok(n) => {
+                    unsolicited += n;
+                    if unsolicited > MAX_UNSOLICITED {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "peer kept sending on an events stream",
+                        ));
+                    }
+                }
                 Err(e) => return Err(e),
             },
         }
     }
+}
+
+// After a complete response (an error answer, or the stream's end): closing
+// a socket with unread input makes the kernel send a reset, which can
+// destroy the response before the peer read it. Drain briefly first.
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    let mut scratch = [0u8; 512];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 type Next = Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>;
@@ -452,5 +502,36 @@ mod tests {
         drop(far);
         let r = tokio::time::timeout(Duration::from_secs(10), server).await;
         assert!(r.is_ok(), "the idle stream did not notice the peer leaving");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_keeps_sending_is_cut() {
+        let (mut far, mut near) = tokio::io::duplex(4096);
+        let body = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, crate::body::BoxError>,
+        >())
+        .boxed_unsync();
+        let server = tokio::spawn(async move { respond(&mut near, Response::new(body)).await });
+        // Drain the response head so the server is parked reading.
+        let mut head = [0u8; 256];
+        let _ = far.read(&mut head).await;
+        let junk = [b'x'; 1024];
+        let mut sent = 0;
+        // Bounded: the server must give up well before this.
+        while sent < 4 * MAX_UNSOLICITED {
+            if far.write_all(&junk).await.is_err() {
+                break;
+            }
+            sent += junk.len();
+        }
+        let r = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("cut in time")
+            .expect("join");
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        assert!(
+            sent <= MAX_UNSOLICITED + 8 * 1024,
+            "read {sent} bytes first"
+        );
     }
 }
