@@ -8,11 +8,12 @@
 //! recovery. It must never panic on what a client sends.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -21,6 +22,8 @@ const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncach
 const MAX_HEAD: usize = 8192;
 /// Events queued per socket; a tab that far behind is cut off.
 const QUEUE: usize = 4096;
+/// Most queued events written together.
+const BATCH: usize = 64;
 
 type Subs = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>>;
 
@@ -96,9 +99,19 @@ async fn tab_conn(mut sock: TcpStream, subs: Subs) {
             }
         }
     };
+    // Everything queued goes out in one `writev`, as ssemux's tabs do: a
+    // floor that paid a syscall per event would not be a floor.
     let writer = async {
-        while let Some(bytes) = rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
+        let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(b) => batch.push(b),
+                    Err(_) => break,
+                }
+            }
+            if write_batch(&mut wr, &mut batch).await.is_err() {
                 break;
             }
         }
@@ -108,6 +121,33 @@ async fn tab_conn(mut sock: TcpStream, subs: Subs) {
         _ = writer => {}
     }
     // Our sender is pruned on the next publish (it reports closed).
+}
+
+// Write all of `batch` (emptied), as few syscalls as the socket allows.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    batch: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < batch.len() {
+            let len = batch[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                batch[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    batch.clear();
+    Ok(())
 }
 
 fn encode(payload: &str) -> Bytes {

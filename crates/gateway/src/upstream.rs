@@ -26,6 +26,14 @@ use crate::pacer::Pacer;
 use crate::translate::{self, Rules, Translation, Trigger};
 use crate::watermark::Watermarks;
 
+/// Triggers translated from one read of the upstream, published together.
+#[derive(Default)]
+struct Batch {
+    triggers: Vec<Trigger>,
+    // When each event in the batch arrived (for the fan-out histogram).
+    started: Vec<Instant>,
+}
+
 /// Bytes of an upstream response body as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
@@ -375,6 +383,7 @@ impl Upstream {
         cancel: &CancellationToken,
     ) -> ConnEnd {
         let mut parser = Parser::new(self.settings.max_event_bytes);
+        let mut batch = Batch::default();
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => return ConnEnd::Cancelled,
@@ -402,16 +411,38 @@ impl Upstream {
                             // An explicit empty id resets resumption.
                             *last_id = None;
                         }
-                        self.deliver(channel, &ev.event, &ev.data).await;
+                        self.deliver(channel, &ev.event, &ev.data, &mut batch).await;
                     }
                     Ok(Item::Retry(ms)) => *retry_hint = Some(Duration::from_millis(ms)),
                     Err(e) => {
                         tracing::warn!(user = %channel.user(), error = %e, "upstream event skipped");
-                        self.publish_resync(channel);
+                        self.push_resync(&mut batch);
                     }
                 }
             }
+            // Everything one read brought goes out as one publish: one lock,
+            // one wake, and each tab writes the lot with one syscall.
+            self.flush(channel, &mut batch);
         }
+    }
+
+    /// Publish what `batch` holds, in order.
+    fn flush(&self, channel: &Channel, batch: &mut Batch) {
+        if batch.triggers.is_empty() {
+            return;
+        }
+        // Taken, not cleared: an idle stream keeps no batch capacity.
+        channel.publish(&std::mem::take(&mut batch.triggers));
+        for started in std::mem::take(&mut batch.started) {
+            self.metrics.fanout(started.elapsed());
+        }
+    }
+
+    /// Queue a `resync` the upstream side decided on.
+    fn push_resync(&self, batch: &mut Batch) {
+        self.metrics.resync(ResyncCause::Upstream);
+        self.metrics.trigger_emitted(translate::RESYNC);
+        batch.triggers.push(Trigger::resync());
     }
 
     /// Publish a `resync` the upstream side decided on.
@@ -421,24 +452,31 @@ impl Upstream {
         channel.publish(&[Trigger::resync()]);
     }
 
-    async fn deliver(&self, channel: &Channel, event: &str, data: &str) {
+    /// Translate one upstream event into `batch`.
+    async fn deliver(&self, channel: &Channel, event: &str, data: &str, batch: &mut Batch) {
         self.metrics.upstream_event(event);
         let started = Instant::now();
         let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
         match translate::translate(&rules, event, data) {
             // The delivery guarantee rests on upstream resyncs reaching the
             // tabs; a rule set that forgot `resync` must not break it.
-            Translation::Unmatched if event == translate::RESYNC => self.publish_resync(channel),
+            Translation::Unmatched if event == translate::RESYNC => self.push_resync(batch),
             Translation::Unmatched => {
                 tracing::debug!(user = %channel.user(), event, "upstream event without rule dropped");
             }
             Translation::Triggers(triggers) => {
-                if let Some(w) = &self.watermarks {
+                let due = self
+                    .watermarks
+                    .as_ref()
+                    .and_then(|w| Some((w, w.wanted(channel.user(), event, data)?)));
+                if let Some((w, due)) = due {
                     // Ordering guarantee: the backend's watermark moves
-                    // before any tab hears of the message.
+                    // before any tab hears of the message. What is queued
+                    // before it goes out first, so tabs see events in order.
+                    self.flush(channel, batch);
                     // Boxed: the backend request is big and rare, and this
                     // task lives as long as the user's stream.
-                    Box::pin(w.before_fanout(channel, event, data)).await;
+                    Box::pin(w.advance(channel, due)).await;
                 }
                 for t in &triggers {
                     if t.name == translate::RESYNC {
@@ -446,8 +484,8 @@ impl Upstream {
                     }
                     self.metrics.trigger_emitted(&t.name);
                 }
-                channel.publish(&triggers);
-                self.metrics.fanout(started.elapsed());
+                batch.triggers.extend(triggers);
+                batch.started.push(started);
             }
         }
     }

@@ -62,12 +62,68 @@ impl TabMark {
     }
 }
 
-#[derive(Default)]
 struct State {
-    /// (user, tab key) → that tab's open streams and active peer.
-    tabs: HashMap<(String, String), TabMark>,
+    /// user → tab key → that tab's open streams and active peer. Keyed by
+    /// user first: every upstream event asks about one user's tabs.
+    tabs: HashMap<String, HashMap<String, TabMark>>,
     /// (user, peer) → highest rowId posted through or by ssemux.
     posted: HashMap<(String, String), u64>,
+    /// When pending marks of tabs that never connected are next swept.
+    next_sweep: Instant,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            tabs: HashMap::new(),
+            posted: HashMap::new(),
+            next_sweep: Instant::now() + PENDING_WINDOW,
+        }
+    }
+}
+
+impl State {
+    fn mark_mut(&mut self, user: &str, tab: &str) -> &mut TabMark {
+        self.tabs
+            .entry(user.to_string())
+            .or_default()
+            .entry(tab.to_string())
+            .or_default()
+    }
+
+    fn user_has_active_peer(&self, user: &str) -> bool {
+        self.tabs
+            .get(user)
+            .is_some_and(|t| t.values().any(|m| m.active_peer().is_some()))
+    }
+
+    fn peer_is_active(&self, user: &str, peer: &str) -> bool {
+        self.tabs
+            .get(user)
+            .is_some_and(|t| t.values().any(|m| m.active_peer() == Some(peer)))
+    }
+
+    // Forget pending marks of tabs that never connected: at most once per
+    // window, so posting a read never costs a walk over every user's tabs.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + PENDING_WINDOW;
+        self.tabs.retain(|_, tabs| {
+            tabs.retain(|_, m| m.streams > 0 || m.set_at.elapsed() < PENDING_WINDOW);
+            !tabs.is_empty()
+        });
+    }
+}
+
+/// An advance [`Watermarks::wanted`] found due: post it with
+/// [`Watermarks::advance`] before the event's triggers fan out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    peer: String,
+    row: u64,
 }
 
 struct Inner {
@@ -96,11 +152,18 @@ pub struct TabMarkGuard {
 impl Drop for TabMarkGuard {
     fn drop(&mut self) {
         let mut st = self.marks.lock();
-        if let Some(m) = st.tabs.get_mut(&self.key) {
+        let (user, tab) = &self.key;
+        let Some(tabs) = st.tabs.get_mut(user) else {
+            return;
+        };
+        if let Some(m) = tabs.get_mut(tab) {
             m.streams = m.streams.saturating_sub(1);
             if m.streams == 0 {
-                st.tabs.remove(&self.key);
+                tabs.remove(tab);
             }
+        }
+        if tabs.is_empty() {
+            st.tabs.remove(user);
         }
     }
 }
@@ -128,11 +191,10 @@ impl Watermarks {
 
     /// A tab stream of `user` keyed `tab` opened.
     pub fn tab_opened(&self, user: &str, tab: &str) -> TabMarkGuard {
-        let key = (user.to_string(), tab.to_string());
-        self.lock().tabs.entry(key.clone()).or_default().streams += 1;
+        self.lock().mark_mut(user, tab).streams += 1;
         TabMarkGuard {
             marks: self.clone(),
-            key,
+            key: (user.to_string(), tab.to_string()),
         }
     }
 
@@ -140,13 +202,8 @@ impl Watermarks {
     /// the peer becomes the tab's active one.
     pub fn set_active(&self, user: &str, tab: &str, peer: &str, row_id: u64) {
         let mut st = self.lock();
-        // Forget pending marks of tabs that never connected.
-        st.tabs
-            .retain(|_, m| m.streams > 0 || m.set_at.elapsed() < PENDING_WINDOW);
-        let mark = st
-            .tabs
-            .entry((user.to_string(), tab.to_string()))
-            .or_default();
+        st.sweep();
+        let mark = st.mark_mut(user, tab);
         mark.peer = Some(peer.to_string());
         mark.set_at = Instant::now();
         let hi = st
@@ -158,11 +215,7 @@ impl Watermarks {
 
     /// "No thread open" in this tab.
     pub fn clear_active(&self, user: &str, tab: &str) {
-        if let Some(m) = self
-            .lock()
-            .tabs
-            .get_mut(&(user.to_string(), tab.to_string()))
-        {
+        if let Some(m) = self.lock().tabs.get_mut(user).and_then(|t| t.get_mut(tab)) {
             m.peer = None;
         }
     }
@@ -172,9 +225,10 @@ impl Watermarks {
         let st = self.lock();
         let mut v: Vec<String> = st
             .tabs
-            .iter()
-            .filter(|((u, _), _)| u == user)
-            .filter_map(|(_, m)| m.active_peer().map(str::to_string))
+            .get(user)
+            .into_iter()
+            .flat_map(|t| t.values())
+            .filter_map(|m| m.active_peer().map(str::to_string))
             .collect();
         v.sort();
         v.dedup();
@@ -192,38 +246,35 @@ impl Watermarks {
     }
 
     /// Called by the upstream task for every translated event before its
-    /// triggers are published. Advances the backend watermark if `event` is an
-    /// inbound message for a peer some tab of the user has open. Failures are
-    /// logged and counted; they never hold back the fan-out beyond the retry.
-    pub async fn before_fanout(&self, channel: &Channel, event: &str, data: &str) {
-        if event != self.inner.inbound_event {
-            return;
+    /// triggers are published: whether `event` is an inbound message for a
+    /// peer some tab of the user has open, newer than what was posted. Cheap
+    /// when nothing is due (one map lookup; the data is only parsed while a
+    /// tab of the user has a thread open).
+    pub fn wanted(&self, user: &str, event: &str, data: &str) -> Option<Advance> {
+        if event != self.inner.inbound_event || !self.lock().user_has_active_peer(user) {
+            return None;
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
-            return;
-        };
-        let (Some(peer), Some(row)) = (
-            v.get("peer").and_then(|p| p.as_str()),
-            v.get("rowId").and_then(|r| r.as_u64()),
-        ) else {
-            return;
-        };
-        let user = channel.user();
-        {
-            let st = self.lock();
-            let active = st
-                .tabs
-                .iter()
-                .any(|((u, _), m)| u == user && m.active_peer() == Some(peer));
-            let posted = st
-                .posted
-                .get(&(user.to_string(), peer.to_string()))
-                .copied()
-                .unwrap_or(0);
-            if !active || row <= posted {
-                return;
-            }
-        }
+        let v = serde_json::from_str::<serde_json::Value>(data).ok()?;
+        let peer = v.get("peer").and_then(|p| p.as_str())?;
+        let row = v.get("rowId").and_then(|r| r.as_u64())?;
+        let st = self.lock();
+        let posted = st
+            .posted
+            .get(&(user.to_string(), peer.to_string()))
+            .copied()
+            .unwrap_or(0);
+        (st.peer_is_active(user, peer) && row > posted).then(|| Advance {
+            peer: peer.to_string(),
+            row,
+        })
+    }
+
+    /// Advance the backend's watermark as [`Watermarks::wanted`] found due.
+    /// Failures are logged and counted; they never hold back the fan-out
+    /// beyond the one retry.
+    pub async fn advance(&self, channel: &Channel, due: Advance) {
+        let Advance { peer, row } = due;
+        let (user, peer) = (channel.user(), peer.as_str());
         let Some((_, cookie)) = channel.credential() else {
             return;
         };
@@ -269,6 +320,56 @@ impl Watermarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marks() -> Watermarks {
+        let client =
+            crate::client::backend_client(&crate::client::ClientConfig::default()).expect("client");
+        let url: Uri = "http://127.0.0.1:9/read".parse().expect("uri");
+        Watermarks::new(client, url, "inbound", Duration::from_secs(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_only_for_an_open_peer_newer_than_posted_and_per_user() {
+        let w = marks();
+        let inbound = |peer: &str, row: u64| format!(r#"{{"peer":"{peer}","rowId":{row}}}"#);
+        assert_eq!(w.wanted("alice", "inbound", &inbound("bob", 5)), None);
+        let _tab = w.tab_opened("alice", "t1");
+        w.set_active("alice", "t1", "bob", 3);
+        let due = |u: &str, ev: &str, data: &str| w.wanted(u, ev, data).map(|a| (a.peer, a.row));
+        assert_eq!(
+            due("alice", "inbound", &inbound("bob", 5)),
+            Some(("bob".into(), 5))
+        );
+        assert_eq!(
+            due("alice", "inbound", &inbound("bob", 3)),
+            None,
+            "not newer"
+        );
+        assert_eq!(
+            due("alice", "inbound", &inbound("carol", 9)),
+            None,
+            "not open"
+        );
+        assert_eq!(due("alice", "outbound-state", &inbound("bob", 9)), None);
+        assert_eq!(due("alice", "inbound", "not json"), None);
+        // Another user with the same tab id and peer is untouched.
+        assert_eq!(due("carol", "inbound", &inbound("bob", 9)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_marks_of_tabs_that_never_connect_are_swept() {
+        let w = marks();
+        // A read posted by a tab whose stream never opens.
+        w.set_active("alice", "ghost", "bob", 1);
+        assert_eq!(w.active_peers("alice"), ["bob"]);
+        tokio::time::advance(PENDING_WINDOW + Duration::from_secs(1)).await;
+        assert!(w.active_peers("alice").is_empty(), "expired, not active");
+        // The next read (by anyone) sweeps the expired entry away.
+        let _tab = w.tab_opened("carol", "t");
+        w.set_active("carol", "t", "dave", 1);
+        assert!(!w.lock().tabs.contains_key("alice"));
+        assert!(w.lock().tabs.contains_key("carol"));
+    }
 
     #[test]
     fn tab_ids() {
