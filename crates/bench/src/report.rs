@@ -339,11 +339,9 @@ fn targets(out: &mut String, systems: &[Value]) {
         f["steps"]
             .as_array()?
             .iter()
-            .rfind(|s| {
-                s["delivered_per_s"]
-                    .as_f64()
-                    .is_some_and(|d| d <= 0.5 * max)
-            })
+            // The load offered, not what got through: a step past the
+            // limit delivers little, and is no "light load".
+            .rfind(|s| s["offered_per_s"].as_f64().is_some_and(|o| o <= 0.5 * max))
             .and_then(|s| Some((s["p99_ms"].as_f64()?, s["delivered_per_s"].as_f64()?)))
     });
     let tabs = fo.and_then(|f| f["tabs_open"].as_u64()).unwrap_or(0);
