@@ -26,6 +26,9 @@ use crate::pacer::Pacer;
 use crate::translate::{self, Rules, Translation, Trigger};
 use crate::watermark::Watermarks;
 
+/// Most triggers published as one batch.
+const MAX_BATCH: usize = 64;
+
 /// Triggers translated from one read of the upstream, published together.
 #[derive(Default)]
 struct Batch {
@@ -428,11 +431,12 @@ impl Upstream {
 
     /// Publish what `batch` holds, in order.
     fn flush(&self, channel: &Channel, batch: &mut Batch) {
-        if batch.triggers.is_empty() {
-            return;
+        // Taken, not cleared: an idle stream keeps no batch capacity. Events
+        // that translated to no trigger count too (their fan-out is done).
+        let triggers = std::mem::take(&mut batch.triggers);
+        if !triggers.is_empty() {
+            channel.publish(&triggers);
         }
-        // Taken, not cleared: an idle stream keeps no batch capacity.
-        channel.publish(&std::mem::take(&mut batch.triggers));
         for started in std::mem::take(&mut batch.started) {
             self.metrics.fanout(started.elapsed());
         }
@@ -486,6 +490,12 @@ impl Upstream {
                 }
                 batch.triggers.extend(triggers);
                 batch.started.push(started);
+                if batch.triggers.len() >= MAX_BATCH {
+                    // A long burst (a replay after reconnect) goes out in
+                    // parts, so the ring never trims a batch before any tab
+                    // could take it.
+                    self.flush(channel, batch);
+                }
             }
         }
     }

@@ -447,15 +447,21 @@ fn take_line(buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
 /// (ignored) after `;`.
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    // 15 hex digits stay below u64::MAX; nobody sends a bigger chunk.
-    if digits == 0 || digits > 15 {
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    // Leading zeros are allowed; 15 significant hex digits stay below
+    // u64::MAX, and nobody sends a bigger chunk.
+    if digits == 0 || digits - zeros > 15 {
         return Err(bad_chunk("invalid chunk size"));
     }
     let rest = line[digits..].trim_ascii_start();
     if !rest.is_empty() && rest[0] != b';' {
         return Err(bad_chunk("invalid chunk size"));
     }
-    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad_chunk("invalid chunk size"))?;
+    if digits == zeros {
+        return Ok(0);
+    }
+    let hex =
+        std::str::from_utf8(&line[zeros..digits]).map_err(|_| bad_chunk("invalid chunk size"))?;
     u64::from_str_radix(hex, 16).map_err(|_| bad_chunk("invalid chunk size"))
 }
 
@@ -589,7 +595,7 @@ mod tests {
             body.len() - 11,
             &body[11..]
         ));
-        resp.push_str("0\r\nx-trailer: 1\r\n\r\n");
+        resp.push_str("00000000000000000000\r\nx-trailer: 1\r\n\r\n");
         for split in [1, 2, 3, 7, 64, resp.len()] {
             let (data, err) = run(resp.as_bytes(), split).await.expect("open");
             assert_eq!(err, None, "split {split}");

@@ -191,7 +191,15 @@ impl Watermarks {
 
     /// A tab stream of `user` keyed `tab` opened.
     pub fn tab_opened(&self, user: &str, tab: &str) -> TabMarkGuard {
-        self.lock().mark_mut(user, tab).streams += 1;
+        let mut st = self.lock();
+        let mark = st.mark_mut(user, tab);
+        if mark.streams == 0 && mark.set_at.elapsed() >= PENDING_WINDOW {
+            // A read posted long before this stream opened (not yet swept)
+            // must not come back to life with it.
+            mark.peer = None;
+        }
+        mark.streams += 1;
+        drop(st);
         TabMarkGuard {
             marks: self.clone(),
             key: (user.to_string(), tab.to_string()),
@@ -369,6 +377,20 @@ mod tests {
         w.set_active("carol", "t", "dave", 1);
         assert!(!w.lock().tabs.contains_key("alice"));
         assert!(w.lock().tabs.contains_key("carol"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_pending_mark_does_not_revive_when_the_stream_opens() {
+        let w = marks();
+        w.set_active("alice", "t1", "bob", 1);
+        tokio::time::advance(PENDING_WINDOW + Duration::from_secs(5)).await;
+        // Not swept yet (no other read was posted), then the stream opens.
+        let _tab = w.tab_opened("alice", "t1");
+        assert!(w.active_peers("alice").is_empty());
+        // A read within the window before the stream opens still counts.
+        w.set_active("alice", "t2", "carol", 1);
+        let _t2 = w.tab_opened("alice", "t2");
+        assert_eq!(w.active_peers("alice"), ["carol"]);
     }
 
     #[test]
