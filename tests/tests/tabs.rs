@@ -693,3 +693,48 @@ async fn events_work_on_a_fresh_connection_and_after_other_requests_on_a_kept_al
         );
     }
 }
+
+/// A user's first tab opens its stream only once the upstream is connected:
+/// the page refreshes when its stream opens, so an event the backend sends
+/// right after can no longer fall between the refresh and the upstream.
+#[tokio::test]
+async fn a_first_tab_opens_once_its_upstream_is_connected() {
+    let env = Env::start(&[]).await;
+    // The upstream's first attempts are refused, so it connects only after
+    // a retry or two (well inside the gateway's 2 s wait).
+    env.backend
+        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(300));
+    let cookie = env.cookie("alice");
+    let mut tab = env.tab(&cookie).await;
+    assert_eq!(
+        env.backend.open_streams("alice"),
+        1,
+        "the tab's stream opened before its upstream"
+    );
+    emit_one(&env, "alice", "bob");
+    let ev = tab.next().await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("contact-changed", "bob")
+    );
+}
+
+/// If the upstream is not up within the gateway's short wait, the tab is
+/// answered anyway, and whatever the backend sent before the upstream came
+/// up reaches it as a `resync` — never as a silent gap.
+#[tokio::test]
+async fn a_tab_answered_before_its_upstream_gets_a_resync_when_it_connects() {
+    let env = Env::start(&[]).await;
+    env.backend
+        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(2500));
+    let cookie = env.cookie("alice");
+    let mut tab = env.tab(&cookie).await;
+    assert_eq!(env.backend.open_streams("alice"), 0, "still refused");
+    // Sent while ssemux has no stream for alice: it cannot be forwarded.
+    emit_one(&env, "alice", "bob");
+    let ev = tab
+        .next_within(WAIT * 2)
+        .await
+        .expect("a resync once the upstream connects");
+    assert_eq!(ev.event, "resync", "{ev:?}");
+}

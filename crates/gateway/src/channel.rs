@@ -12,9 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::translate::{self, Trigger};
 
@@ -86,6 +87,11 @@ struct State {
     creds: Vec<Credential>,
     next_key: u64,
     closed: bool,
+    // The upstream has connected at least once.
+    upstream_seen: bool,
+    // A tab was answered before that first connect: what the backend sent
+    // in between is unknown to it.
+    answered_early: bool,
 }
 
 /// The per-user channel. Shared as `Arc<Channel>` by the hub entry, the
@@ -99,6 +105,8 @@ pub struct Channel {
     // (`max(hub.ring_size, hub.broadcast_buffer)`).
     ring_max: usize,
     wake: watch::Sender<()>,
+    // Wakes tabs waiting for the first upstream connect (or the close).
+    upstream_ready: Notify,
     state: Mutex<State>,
 }
 
@@ -129,6 +137,7 @@ impl Channel {
             ring_size,
             ring_max: ring_size.max(broadcast_buffer),
             wake: watch::Sender::new(()),
+            upstream_ready: Notify::new(),
             state: Mutex::new(State {
                 seq: 0,
                 ring: VecDeque::new(),
@@ -136,6 +145,8 @@ impl Channel {
                 creds: Vec::new(),
                 next_key: 0,
                 closed: false,
+                upstream_seen: false,
+                answered_early: false,
             }),
         })
     }
@@ -257,6 +268,46 @@ impl Channel {
         st.closed = true;
         drop(st);
         self.wake.send_replace(());
+        self.upstream_ready.notify_waiters();
+    }
+
+    /// The upstream task's connection is up. Returns whether a `resync` is
+    /// owed: the first connect came after some tab was already answered, so
+    /// whatever the backend sent between that tab's page load and this
+    /// connect never reached it.
+    pub fn upstream_connected(&self) -> bool {
+        let mut st = self.lock();
+        let first = !st.upstream_seen;
+        st.upstream_seen = true;
+        let owed = first && std::mem::take(&mut st.answered_early);
+        drop(st);
+        if first {
+            self.upstream_ready.notify_waiters();
+        }
+        owed
+    }
+
+    /// Wait (at most `limit`) until the upstream has connected once, so an
+    /// attached tab's stream opens when the whole path is up: a page that
+    /// refreshes on open then misses nothing. Past the limit the tab is
+    /// answered anyway and the first connect owes it a `resync`.
+    pub async fn wait_for_upstream(&self, limit: Duration) {
+        let ready = self.upstream_ready.notified();
+        tokio::pin!(ready);
+        // Registered before looking, so a connect right after is not missed.
+        ready.as_mut().enable();
+        {
+            let st = self.lock();
+            if st.upstream_seen || st.closed {
+                return;
+            }
+        }
+        if tokio::time::timeout(limit, ready).await.is_err() {
+            let mut st = self.lock();
+            if !st.upstream_seen {
+                st.answered_early = true;
+            }
+        }
     }
 
     /// Attach a tab. `last_event_id` is what the browser sent, if anything.
@@ -608,6 +659,48 @@ mod tests {
         while fast.try_recv().is_ok() {}
         ch.publish(&[t(16)]);
         assert_eq!(ch.lock().ring.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_tab_waits_for_the_upstream_and_a_late_one_is_owed_a_resync() {
+        let limit = Duration::from_secs(2);
+        // The upstream connects while the tab waits: no resync owed.
+        let ch = Channel::with_epoch("alice", "e1", 4, 8);
+        let waiter = tokio::spawn({
+            let ch = ch.clone();
+            async move { ch.wait_for_upstream(limit).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "answered before the upstream was up");
+        assert!(!ch.upstream_connected());
+        tokio::time::timeout(Duration::from_millis(1), waiter)
+            .await
+            .expect("woken by the connect")
+            .expect("join");
+        // Later tabs do not wait at all.
+        tokio::time::timeout(Duration::ZERO, ch.wait_for_upstream(limit))
+            .await
+            .expect("no wait once connected");
+
+        // The upstream is slower than the limit: the tab is answered, and
+        // the first connect owes a resync (once).
+        let ch = Channel::with_epoch("bob", "e1", 4, 8);
+        ch.wait_for_upstream(limit).await;
+        assert!(ch.upstream_connected());
+        assert!(!ch.upstream_connected(), "owed once, on the first connect");
+
+        // A close (every credential refused) releases waiting tabs.
+        let ch = Channel::with_epoch("carol", "e1", 4, 8);
+        let waiter = tokio::spawn({
+            let ch = ch.clone();
+            async move { ch.wait_for_upstream(limit).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ch.close();
+        tokio::time::timeout(Duration::from_millis(1), waiter)
+            .await
+            .expect("woken by the close")
+            .expect("join");
     }
 
     #[test]

@@ -411,6 +411,13 @@ impl Gateway {
                 ResyncCause::Epoch
             });
         }
+        // A user's first tab opens its stream once the upstream is up (or
+        // after a short wait, then with a `resync` owed): the page refreshes
+        // when its stream opens, and nothing may fall between the two.
+        subscription
+            .channel()
+            .wait_for_upstream(FIRST_UPSTREAM_WAIT)
+            .await;
         let settings = TabSettings {
             keepalive: self.cfg.hub.keepalive.0,
             retry_ms: self.retry_ms(),
@@ -717,6 +724,9 @@ fn is_write_stall(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A `200 text/event-stream` response around `body`.
+/// Longest a tab's stream waits for its user's first upstream connect.
+const FIRST_UPSTREAM_WAIT: Duration = Duration::from_secs(2);
+
 fn event_stream(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

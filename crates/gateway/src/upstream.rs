@@ -328,7 +328,8 @@ impl Upstream {
             match result {
                 Ok(stream) => {
                     self.metrics.upstream_opened(connected_before);
-                    if connected_before && last_id.is_none() {
+                    let owed = channel.upstream_connected();
+                    if owed || (connected_before && last_id.is_none()) {
                         // Nothing to resume from: whatever happened while
                         // we were away is unknown to the tabs.
                         self.publish_resync(&channel);
