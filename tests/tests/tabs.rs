@@ -738,3 +738,31 @@ async fn a_tab_answered_before_its_upstream_gets_a_resync_when_it_connects() {
         .expect("a resync once the upstream connects");
     assert_eq!(ev.event, "resync", "{ev:?}");
 }
+
+/// A tab that leaves while its answer is still pending (its user's first
+/// upstream not up yet) lets go of its subscription at once.
+#[tokio::test]
+async fn a_tab_leaving_before_its_answer_is_released_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start(&[]).await;
+    env.backend
+        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(10));
+    let cookie = env.cookie("alice");
+    let mut sock = tokio::net::TcpStream::connect(env.addr)
+        .await
+        .expect("connect");
+    let head = format!("GET /events HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n");
+    sock.write_all(head.as_bytes()).await.expect("request");
+    assert!(wait_for(WAIT, || env.gateway.hub().tabs("alice") == 1).await);
+    drop(sock);
+    // Well inside the 2 s the answer would otherwise wait.
+    assert!(
+        wait_for(Duration::from_millis(1500), || env
+            .gateway
+            .hub()
+            .tabs("alice")
+            == 0)
+        .await,
+        "the subscription outlived its tab"
+    );
+}

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -592,7 +592,7 @@ impl Gateway {
             _ = self.shutdown.cancelled() => return None,
             s = tab_conn::sniff(io, &self.cfg.events_path, self.cfg.server.header_read_timeout.0) => s,
         };
-        let (io, req) = match sniffed {
+        let (mut io, req) = match sniffed {
             Sniffed::Gone => return None,
             Sniffed::Other(io) => {
                 self.serve_hyper(builder, watcher, TokioIo::new(io), peer)
@@ -608,7 +608,22 @@ impl Gateway {
             method = %req.method(),
             path = %req.uri().path(),
         );
-        let mut resp = self.events(req, peer).instrument(span.clone()).await;
+        // Auth and the first tab's wait for its upstream take time; a client
+        // that leaves meanwhile lets go of its subscription at once, not
+        // when its answer is ready.
+        let events = self.events(req, peer).instrument(span.clone());
+        tokio::pin!(events);
+        let mut scratch = [0u8; 64];
+        let mut resp = loop {
+            tokio::select! {
+                resp = &mut events => break resp,
+                r = io.read(&mut scratch) => match r {
+                    Ok(0) | Err(_) => return None,
+                    // Ignored, as while streaming (bounded by the wait).
+                    Ok(_) => {}
+                },
+            }
+        };
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
