@@ -614,13 +614,19 @@ impl Gateway {
         let events = self.events(req, peer).instrument(span.clone());
         tokio::pin!(events);
         let mut scratch = [0u8; 64];
+        let mut unsolicited = 0usize;
         let mut resp = loop {
             tokio::select! {
                 resp = &mut events => break resp,
                 r = io.read(&mut scratch) => match r {
                     Ok(0) | Err(_) => return None,
-                    // Ignored, as while streaming (bounded by the wait).
-                    Ok(_) => {}
+                    // Ignored, as while streaming; a flood is cut the same.
+                    Ok(n) => {
+                        unsolicited += n;
+                        if unsolicited > tab_conn::MAX_UNSOLICITED {
+                            return None;
+                        }
+                    }
                 },
             }
         };
@@ -738,10 +744,10 @@ fn is_write_stall(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A `200 text/event-stream` response around `body`.
 /// Longest a tab's stream waits for its user's first upstream connect.
 const FIRST_UPSTREAM_WAIT: Duration = Duration::from_secs(2);
 
+/// A `200 text/event-stream` response around `body`.
 fn event_stream(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

@@ -33,7 +33,7 @@ const MAX_HEAD: usize = 16 * 1024 + 2048;
 const MAX_HEADERS: usize = 64;
 
 /// Bytes a peer may send after the events request before it is cut.
-const MAX_UNSOLICITED: usize = 64 * 1024;
+pub const MAX_UNSOLICITED: usize = 64 * 1024;
 
 /// How long a finished response waits for the peer to close, reading and
 /// dropping what it sends, and how much it reads meanwhile.
