@@ -137,6 +137,12 @@ async fn a_thousand_concurrent_users_never_see_each_others_events() {
                 let Some(ev) = tab.next_within(Duration::from_secs(30)).await else {
                     panic!("u{i}: only {} of 4 events: {seen:?}", seen.len());
                 };
+                // A tab answered before its user's first upstream (2 s wait
+                // ran out under this load) is owed a `resync`: it carries no
+                // user's data, so it is neither a marker nor a crossing.
+                if ev.event == "resync" && ev.data == "1" {
+                    continue;
+                }
                 if ev.data != marker {
                     crossed.fetch_add(1, Ordering::SeqCst);
                 }
