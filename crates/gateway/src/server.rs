@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -613,22 +613,11 @@ impl Gateway {
         // when its answer is ready.
         let events = self.events(req, peer).instrument(span.clone());
         tokio::pin!(events);
-        let mut scratch = [0u8; 64];
         let mut unsolicited = 0usize;
-        let mut resp = loop {
-            tokio::select! {
-                resp = &mut events => break resp,
-                r = io.read(&mut scratch) => match r {
-                    Ok(0) | Err(_) => return None,
-                    // Ignored, as while streaming; a flood is cut the same.
-                    Ok(n) => {
-                        unsolicited += n;
-                        if unsolicited > tab_conn::MAX_UNSOLICITED {
-                            return None;
-                        }
-                    }
-                },
-            }
+        let mut resp = tokio::select! {
+            resp = &mut events => resp,
+            // Gone, failed or flooding: nothing to answer.
+            _ = tab_conn::until_peer_gone(&mut io, &mut unsolicited) => return None,
         };
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);

@@ -33,7 +33,7 @@ const MAX_HEAD: usize = 16 * 1024 + 2048;
 const MAX_HEADERS: usize = 64;
 
 /// Bytes a peer may send after the events request before it is cut.
-pub const MAX_UNSOLICITED: usize = 64 * 1024;
+const MAX_UNSOLICITED: usize = 64 * 1024;
 
 /// How long a finished response waits for the peer to close, reading and
 /// dropping what it sends, and how much it reads meanwhile.
@@ -219,7 +219,6 @@ where
 {
     let mut out = vec![head];
     let mut frames: Vec<Bytes> = Vec::new();
-    let mut scratch = [0u8; 64];
     let mut unsolicited = 0usize;
     let mut ended = false;
     loop {
@@ -248,21 +247,33 @@ where
         frames = Vec::new();
         tokio::select! {
             next = body.frame() => ended = take(next, &mut frames)?,
-            r = io.read(&mut scratch) => match r {
-                Ok(0) => return Ok(()),
-                // A browser sends nothing after the request; a peer that
-                // keeps sending costs a wake-up per read and is cut.
-                Ok(n) => {
-                    unsolicited += n;
-                    if unsolicited > MAX_UNSOLICITED {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "peer kept sending on an events stream",
-                        ));
-                    }
+            r = until_peer_gone(io, &mut unsolicited) => return r,
+        }
+    }
+}
+
+/// Read and drop what the peer sends until it closes (`Ok`), fails, or has
+/// sent more than [`MAX_UNSOLICITED`] bytes in all (`unsolicited` carries the
+/// count across calls). A browser sends nothing after its request; a peer
+/// that keeps sending costs a wake-up per read and is cut. Cancel-safe: it
+/// holds nothing between reads but the count.
+pub async fn until_peer_gone<I: AsyncRead + Unpin>(
+    io: &mut I,
+    unsolicited: &mut usize,
+) -> io::Result<()> {
+    let mut scratch = [0u8; 64];
+    loop {
+        match io.read(&mut scratch).await? {
+            0 => return Ok(()),
+            n => {
+                *unsolicited += n;
+                if *unsolicited > MAX_UNSOLICITED {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "peer kept sending on an events stream",
+                    ));
                 }
-                Err(e) => return Err(e),
-            },
+            }
         }
     }
 }

@@ -71,6 +71,31 @@ pub enum ConnectError {
     Transport(String),
 }
 
+/// How an upstream answer's status is judged, whichever client read it:
+/// 401/403 → the credentials were refused, any other non-2xx → retry.
+pub(crate) fn check_status(status: StatusCode) -> Result<(), ConnectError> {
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(ConnectError::Unauthorized(status));
+    }
+    if !status.is_success() {
+        return Err(ConnectError::Status(status));
+    }
+    Ok(())
+}
+
+/// Only `text/event-stream` (any parameters) is parsed as a stream.
+pub(crate) fn check_content_type(value: &[u8]) -> Result<(), ConnectError> {
+    let ctype = String::from_utf8_lossy(value);
+    if ctype
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+    {
+        return Ok(());
+    }
+    Err(ConnectError::ContentType(ctype.into_owned()))
+}
+
 /// Opens upstream streams. The real one speaks HTTP; tests script it.
 pub trait Connector: Send + Sync + 'static {
     /// Open one stream.
@@ -122,26 +147,12 @@ impl Connector for HttpConnector {
                 .await
                 .map_err(|_| ConnectError::Timeout)?
                 .map_err(|e| ConnectError::Transport(e.to_string()))?;
-            let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                return Err(ConnectError::Unauthorized(status));
-            }
-            if !status.is_success() {
-                return Err(ConnectError::Status(status));
-            }
-            let ctype = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            if !ctype
-                .split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-            {
-                return Err(ConnectError::ContentType(ctype));
-            }
+            check_status(resp.status())?;
+            check_content_type(
+                resp.headers()
+                    .get(header::CONTENT_TYPE)
+                    .map_or(&[][..], |v| v.as_bytes()),
+            )?;
             let stream = BodyDataStream::new(resp.into_body())
                 .map(|r| r.map_err(|e| Box::new(e) as BoxError));
             Ok(Box::pin(stream) as ByteStream)
@@ -452,9 +463,9 @@ impl Upstream {
 
     /// Publish a `resync` the upstream side decided on.
     fn publish_resync(&self, channel: &Channel) {
-        self.metrics.resync(ResyncCause::Upstream);
-        self.metrics.trigger_emitted(translate::RESYNC);
-        channel.publish(&[Trigger::resync()]);
+        let mut batch = Batch::default();
+        self.push_resync(&mut batch);
+        self.flush(channel, &mut batch);
     }
 
     /// Translate one upstream event into `batch`.

@@ -28,7 +28,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::BoxError;
-use crate::upstream::{ByteStream, ConnectError, ConnectRequest, Connector};
+use crate::upstream::{
+    ByteStream, ConnectError, ConnectRequest, Connector, check_content_type, check_status,
+};
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -207,12 +209,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Framing>, ConnectError> {
             buf.advance(len);
             continue;
         }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(ConnectError::Unauthorized(status));
-        }
-        if !status.is_success() {
-            return Err(ConnectError::Status(status));
-        }
+        check_status(status)?;
         let framing = check_headers(resp.headers, resp.version == Some(1))?;
         buf.advance(len);
         return Ok(Some(framing));
@@ -242,14 +239,7 @@ fn check_headers(headers: &[httparse::Header<'_>], http11: bool) -> Result<Frami
             length = Some(n);
         }
     }
-    let ctype = String::from_utf8_lossy(ctype.unwrap_or_default()).into_owned();
-    if !ctype
-        .split(';')
-        .next()
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-    {
-        return Err(ConnectError::ContentType(ctype));
-    }
+    check_content_type(ctype.unwrap_or_default())?;
     Ok(match (chunked, length) {
         (Some(true), _) => Framing::Chunked(Chunk::Size),
         // A transfer coding we do not decode: the body runs to close.
