@@ -4,12 +4,17 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build run test test-rust test-deps lint fmt clippy clean web deps-browser screenshot
+.PHONY: all build build-demo run test test-rust test-deps lint fmt clippy clean web deps-browser screenshot
 
 all: build
 
-build: web
+## The production binary: no mock backend, no `ssemux demo`.
+build:
 	$(CARGO) build --release -p ssemux
+
+## The binary with `ssemux demo` (the mock chat backend built in).
+build-demo: web
+	$(CARGO) build --release -p ssemux --features demo
 
 ## Browser assets of the demo chat page (htmx 2, htmx-ext-sse, htmx 4) from
 ## the committed lockfile; the mock backend serves them from disk at runtime,
@@ -22,7 +27,7 @@ $(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package.json $(WEB_DIR)/p
 	@touch $@
 
 ## The demo: mock chat backend + gateway on loopback; prints the URL.
-run: build
+run: build-demo
 	./target/release/ssemux demo
 
 ## Every test: formatting, lints, unit and integration tests.
@@ -52,8 +57,9 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx-light || \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx; }
 
+## `--features ssemux/demo`: the binary tests drive `ssemux demo` too.
 test-rust:
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --features ssemux/demo
 
 lint: fmt clippy
 
@@ -61,7 +67,7 @@ fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features ssemux/demo -- -D warnings
 
 clean:
 	$(CARGO) clean

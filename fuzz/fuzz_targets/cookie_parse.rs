@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
-use ssemux_gateway::auth::{cookie_header, cookie_value};
+use ssemux_gateway::{cookie_header, cookie_value};
 
 fuzz_target!(|input: (Vec<Vec<u8>>, String)| {
     let (values, name) = input;

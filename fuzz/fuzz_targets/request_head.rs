@@ -14,8 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use libfuzzer_sys::fuzz_target;
-use ssemux_gateway::config::Config;
-use ssemux_gateway::server::Gateway;
+use ssemux_gateway::Config;
+use ssemux_gateway::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct World {

@@ -7,9 +7,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use ssemux_gateway::channel::Channel;
-use ssemux_gateway::translate::{
-    MAX_DATA_BYTES, Rule, Rules, Translation, TriggerRule, translate, valid_name,
+use ssemux_gateway::{
+    Channel, MAX_DATA_BYTES, Rule, Rules, Translation, TriggerRule, translate, valid_name,
 };
 use ssemux_sse::{Item, Parser};
 

@@ -573,8 +573,8 @@ fn gateway_restart_reconnects(w: &mut World) {
         format!("backend={}", w.env.backend.url()),
         "hub.retry_hint=200ms".to_string(),
     ];
-    let cfg = ssemux_gateway::config::Config::from_parts("", Vec::new(), &sets).expect("config");
-    let gateway = ssemux_gateway::server::Gateway::new(cfg).expect("gateway");
+    let cfg = ssemux_gateway::Config::from_parts("", Vec::new(), &sets).expect("config");
+    let gateway = ssemux_gateway::Gateway::new(cfg).expect("gateway");
     // The old listener is closed as soon as shutdown starts; retry briefly
     // in case the socket is still being torn down.
     let listener = w.rt.block_on(async {

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{Env, WAIT};
-use ssemux_gateway::config::Config;
-use ssemux_gateway::translate::{Rule, Rules, TriggerRule};
+use ssemux_gateway::Config;
+use ssemux_gateway::{Rule, Rules, TriggerRule};
 
 fn rules_inbound_to(name: &str) -> Rules {
     Rules {
@@ -97,7 +97,7 @@ async fn new_rules_apply_to_open_streams_and_bad_ones_are_refused() {
 
     // A section that cannot change at run time is reported, not applied.
     let mut later = cfg.clone();
-    later.hub.grace = ssemux_gateway::config::Dur(std::time::Duration::from_secs(99));
+    later.hub.grace = std::time::Duration::from_secs(99);
     let r = env.gateway.reload(&later).expect("reload");
     assert!(r.applied.is_empty());
     assert_eq!(r.need_restart, vec!["hub"]);

@@ -160,7 +160,7 @@ async fn plain_listener_speaks_h2c_with_prior_knowledge() {
 
 #[tokio::test]
 async fn a_bad_key_is_a_startup_error_naming_the_file() {
-    let cfg = ssemux_gateway::config::Config::from_parts(
+    let cfg = ssemux_gateway::Config::from_parts(
         "",
         Vec::new(),
         &[
@@ -169,7 +169,7 @@ async fn a_bad_key_is_a_startup_error_naming_the_file() {
         ],
     )
     .expect("config parses");
-    let err = ssemux_gateway::server::Gateway::new(cfg)
+    let err = ssemux_gateway::Gateway::new(cfg)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();

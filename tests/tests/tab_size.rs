@@ -14,15 +14,15 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use ssemux_gateway::config::Config;
-use ssemux_gateway::hub::{Hub, HubSettings, Subscription};
-use ssemux_gateway::metrics::Metrics;
-use ssemux_gateway::server::Gateway;
-use ssemux_gateway::tab::{self, TabHold, TabSettings};
-use ssemux_gateway::translate::Rules;
-use ssemux_gateway::upstream::{
-    ByteStream, ConnectError, ConnectRequest, Connector, Upstream, UpstreamSettings,
+use ssemux_gateway::Config;
+use ssemux_gateway::Gateway;
+use ssemux_gateway::Metrics;
+use ssemux_gateway::Rules;
+use ssemux_gateway::{
+    ByteStream, ConnectError, ConnectRequest, Connector, Upstream, UpstreamConfig,
 };
+use ssemux_gateway::{Hub, HubConfig, Subscription};
+use ssemux_gateway::{TabHold, TabSettings, tab_stream};
 
 /// Live heap bytes of one idle tab may not exceed this. Measured at 680 B
 /// when written (the boxed body with its parked future ≈ 740 B, the attach
@@ -80,22 +80,24 @@ impl Connector for Never {
 }
 
 fn hub() -> Hub {
-    let settings = HubSettings {
+    let settings = HubConfig {
         grace: Duration::from_secs(10),
         ring_size: 256,
-        broadcast_buffer: 1024,
+        max_lag_frames: 1024,
         max_tabs_per_user: 100_000,
         max_total_tabs: 100_000,
+        ..HubConfig::default()
     };
     let upstream = Upstream::new(
         Arc::new(Never),
         Arc::new(Rules::default()),
-        UpstreamSettings {
+        UpstreamConfig {
             idle_timeout: Duration::from_secs(45),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             backoff_reset_after: Duration::from_secs(60),
             max_event_bytes: 64 * 1024,
+            ..UpstreamConfig::default()
         },
         None,
     );
@@ -108,7 +110,7 @@ fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::default)
 }
 
-/// A gateway, used only for a shutdown token of the type `tab::stream` takes
+/// A gateway, used only for a shutdown token of the type `tab_stream` takes
 /// (this package does not depend on tokio-util directly). Its own hub is
 /// never used, so its backend address does not matter.
 fn gateway() -> Arc<Gateway> {
@@ -122,7 +124,7 @@ fn open_tab(hub: &Hub, gw: &Arc<Gateway>) -> ssemux_gateway::body::Body {
         .subscribe("alice", "session=abcdef0123456789")
         .expect("subscribe");
     let attach = subscription.channel().attach(None);
-    tab::stream(
+    tab_stream(
         TabHold {
             subscription,
             mark: None,
@@ -177,7 +179,7 @@ async fn idle_tab_heap_stays_within_budget() {
         let l1 = LIVE.load(Ordering::SeqCst);
         let attach = subscription.channel().attach(None);
         let l2 = LIVE.load(Ordering::SeqCst);
-        let mut b = tab::stream(
+        let mut b = tab_stream(
             TabHold {
                 subscription,
                 mark: None,
@@ -222,7 +224,7 @@ async fn idle_tab_heap_stays_within_budget() {
     assert_eq!(hub.tabs("alice"), 1 + warm.len() + TABS as usize);
 
     let (mut near, _far) = tokio::io::duplex(64);
-    let respond = ssemux_gateway::tab_conn::respond(&mut near, http::Response::new(first));
+    let respond = ssemux_gateway::tab_respond(&mut near, http::Response::new(first));
     let size = std::mem::size_of_val(&respond);
     println!("respond future: {size} bytes (budget {RESPOND_FUTURE_BUDGET})");
     assert!(

@@ -349,7 +349,7 @@ async fn a_slow_tab_gets_resync_and_never_holds_back_the_others() {
     }
     // What the slow tab pins in the channel is bounded by configuration, not
     // by how far behind it is: the ring holds at most
-    // max(hub.ring_size, hub.broadcast_buffer) = 1024 frames of < 512 B.
+    // max(hub.ring_size, hub.max_lag_frames) = 1024 frames of < 512 B.
     assert!(max_backlog <= 1024, "backlog {max_backlog}");
     assert!(
         channel.ring_bytes() <= 1024 * 512,

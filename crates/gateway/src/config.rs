@@ -4,15 +4,14 @@
 //! hold runtime state.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::translate::{self, Rules};
+use crate::backend::BackendUrl;
+use crate::upstream::translate::{self, Rules};
 
 /// Why a configuration was refused. Always names the key.
 #[derive(Debug, thiserror::Error)]
@@ -44,54 +43,49 @@ pub enum ConfigError {
     },
 }
 
-/// A duration written as `250ms`, `10s`, `5m` or `1h` (a bare integer means
-/// seconds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
+/// Durations in the configuration are written `250ms`, `10s`, `5m` or `1h`
+/// (a bare integer means seconds) and held as [`Duration`] once loaded.
+pub mod duration {
+    use std::time::Duration;
 
-impl FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parse `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+    pub fn parse(s: &str) -> Result<Duration, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
             .map_err(|_| format!("`{s}` is not a duration (use e.g. 250ms, 10s, 5m)"))?;
-        let d = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            other => {
-                return Err(format!(
-                    "unknown duration unit `{other}` (use ms, s, m or h)"
-                ));
-            }
-        };
-        Ok(Dur(d))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
+        match unit.trim() {
+            "ms" => Ok(Duration::from_millis(n)),
+            "" | "s" => Ok(Duration::from_secs(n)),
+            "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+            "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+            other => Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            )),
         }
     }
-}
 
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+    /// `10s`, or `250ms` when not whole seconds.
+    pub fn format(d: Duration) -> String {
+        let ms = d.as_millis();
+        if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
     }
-}
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    /// For `#[serde(with = "duration")]`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    /// For `#[serde(with = "duration")]`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -99,8 +93,8 @@ impl<'de> Deserialize<'de> for Dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -124,7 +118,7 @@ pub struct Config {
     /// Read-watermark handling.
     pub watermark: WatermarkConfig,
     /// Reverse proxy for every other request.
-    pub proxy: ProxySection,
+    pub proxy: ProxyConfig,
     /// Listener behaviour.
     pub server: ServerConfig,
     /// Upstream event → trigger rules.
@@ -133,7 +127,15 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Metrics and health endpoints.
     pub admin: AdminConfig,
+    /// Deprecated keys this configuration was given, each with what to
+    /// write instead; the binary warns about them once logging is up.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
+
+/// Keys renamed since they were introduced: (old, new). The old spelling
+/// still works in the file, the environment and `--set`, with a warning.
+const RENAMED: &[(&str, &str)] = &[("hub.broadcast_buffer", "hub.max_lag_frames")];
 
 impl Default for Config {
     fn default() -> Self {
@@ -145,11 +147,12 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             hub: HubConfig::default(),
             watermark: WatermarkConfig::default(),
-            proxy: ProxySection::default(),
+            proxy: ProxyConfig::default(),
             server: ServerConfig::default(),
             translate: Rules::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
+            deprecated: Vec::new(),
         }
     }
 }
@@ -199,13 +202,16 @@ pub struct AuthConfig {
     /// Backend path that answers `200 {"id": "<user>"}` for a valid cookie.
     pub me_path: String,
     /// How long a positive answer is cached per cookie.
-    pub cache_ttl: Dur,
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
     /// How long a 401 is cached per cookie (keep short: a user may log in).
-    pub negative_ttl: Dur,
+    #[serde(with = "duration")]
+    pub negative_ttl: Duration,
     /// Upper bound on cached identities.
     pub cache_max_entries: usize,
     /// Time allowed for the introspection call.
-    pub timeout: Dur,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
     /// `Retry-After` seconds sent with `503` when the backend is unreachable.
     pub retry_after_secs: u64,
     /// Name of the backend's session cookie: its value keys a tab that sends
@@ -217,10 +223,10 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             me_path: "/api/v1/me".into(),
-            cache_ttl: Dur(Duration::from_secs(30)),
-            negative_ttl: Dur(Duration::from_secs(1)),
+            cache_ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(1),
             cache_max_entries: 100_000,
-            timeout: Dur(Duration::from_secs(5)),
+            timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             session_cookie: "session".into(),
         }
@@ -234,19 +240,25 @@ pub struct UpstreamConfig {
     /// Backend path of the per-user SSE stream.
     pub events_path: String,
     /// An upstream silent (not even a comment) this long is treated as dead.
-    pub idle_timeout: Dur,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
     /// Smallest reconnect delay.
-    pub backoff_min: Dur,
+    #[serde(with = "duration")]
+    pub backoff_min: Duration,
     /// Largest reconnect delay.
-    pub backoff_max: Dur,
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
     /// A connection that stayed up this long resets the backoff.
-    pub backoff_reset_after: Dur,
+    #[serde(with = "duration")]
+    pub backoff_reset_after: Duration,
     /// Largest upstream event accepted; bigger ones are skipped and cause a `resync`.
     pub max_event_bytes: usize,
     /// Time allowed to open the TCP/TLS connection.
-    pub connect_timeout: Dur,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
     /// Time allowed for the upstream's response head.
-    pub response_timeout: Dur,
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
     /// Extra CA certificate (PEM) trusted for an https backend.
     pub extra_ca_pem: Option<PathBuf>,
     /// Upstream connect attempts per second, over all users together (after
@@ -260,13 +272,13 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             events_path: "/api/v1/events".into(),
-            idle_timeout: Dur(Duration::from_secs(45)),
-            backoff_min: Dur(Duration::from_millis(250)),
-            backoff_max: Dur(Duration::from_secs(30)),
-            backoff_reset_after: Dur(Duration::from_secs(60)),
+            idle_timeout: Duration::from_secs(45),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            backoff_reset_after: Duration::from_secs(60),
             max_event_bytes: 64 * 1024,
-            connect_timeout: Dur(Duration::from_secs(5)),
-            response_timeout: Dur(Duration::from_secs(15)),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(15),
             extra_ca_pem: None,
             connects_per_second: 1500,
         }
@@ -278,16 +290,21 @@ impl Default for UpstreamConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// How long a user's channel (and its upstream) outlives its last tab.
-    pub grace: Dur,
+    #[serde(with = "duration")]
+    pub grace: Duration,
     /// Keepalive comment after this much idle on a tab stream.
-    pub keepalive: Dur,
+    #[serde(with = "duration")]
+    pub keepalive: Duration,
     /// Base of the `retry:` hint sent first on every tab stream; each tab gets
     /// this plus up to the same again of jitter, spreading reconnects.
-    pub retry_hint: Dur,
+    #[serde(with = "duration")]
+    pub retry_hint: Duration,
     /// Encoded triggers kept per user for `Last-Event-ID` replay.
     pub ring_size: usize,
-    /// Triggers a tab may fall behind before it gets a `resync`.
-    pub broadcast_buffer: usize,
+    /// How far a live tab may fall behind its channel, in frames, before it
+    /// gets `resync`; the ring never holds more than this (or `ring_size`).
+    /// Formerly `broadcast_buffer` (still read, with a warning).
+    pub max_lag_frames: usize,
     /// Most tabs one user may hold open; beyond → `429`.
     pub max_tabs_per_user: usize,
     /// Most tabs in total; beyond → `503`. `0` = derive from the process's
@@ -298,11 +315,11 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            grace: Dur(Duration::from_secs(10)),
-            keepalive: Dur(Duration::from_secs(15)),
-            retry_hint: Dur(Duration::from_secs(2)),
+            grace: Duration::from_secs(10),
+            keepalive: Duration::from_secs(15),
+            retry_hint: Duration::from_secs(2),
             ring_size: 256,
-            broadcast_buffer: 1024,
+            max_lag_frames: 1024,
             max_tabs_per_user: 64,
             max_total_tabs: 0,
         }
@@ -319,7 +336,8 @@ pub struct WatermarkConfig {
     /// Upstream event whose `peer` may be advanced automatically.
     pub inbound_event: String,
     /// Time allowed for each automatic watermark POST.
-    pub timeout: Dur,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for WatermarkConfig {
@@ -327,7 +345,7 @@ impl Default for WatermarkConfig {
         WatermarkConfig {
             read_path: "/api/v1/contacts/read".into(),
             inbound_event: "inbound".into(),
-            timeout: Dur(Duration::from_secs(2)),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -335,11 +353,12 @@ impl Default for WatermarkConfig {
 /// `[proxy]`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ProxySection {
+pub struct ProxyConfig {
     /// Largest request body forwarded to the backend.
     pub max_request_body: u64,
     /// Time allowed for the backend's response head.
-    pub response_timeout: Dur,
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
 }
 
 /// `[server]`
@@ -347,12 +366,15 @@ pub struct ProxySection {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Time allowed for a client to send its request head (slowloris guard).
-    pub header_read_timeout: Dur,
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    pub drain_timeout: Dur,
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
     /// A connection whose socket accepts no bytes for this long is cut (a
     /// stalled tab must not hold memory or a slot forever).
-    pub write_timeout: Dur,
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
     /// New `/events` connections per second allowed from one client address
     /// (sustained; bursts up to twice this). `0` = unlimited. Loopback
     /// peers are exempt (they are local proxies or tools, not browsers).
@@ -367,20 +389,20 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            header_read_timeout: Dur(Duration::from_secs(10)),
-            drain_timeout: Dur(Duration::from_secs(10)),
-            write_timeout: Dur(Duration::from_secs(30)),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             events_connects_per_second: 50,
             client_ip_header: String::new(),
         }
     }
 }
 
-impl Default for ProxySection {
+impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxySection {
+        ProxyConfig {
             max_request_body: 10 * 1024 * 1024,
-            response_timeout: Dur(Duration::from_secs(30)),
+            response_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -413,6 +435,22 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let known = known_keys();
         let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut deprecated = Vec::new();
+        let mut renamed = |old: &str, new: &str, how: &str| {
+            deprecated.push(format!("`{old}` ({how}) is deprecated: use `{new}`"));
+        };
+        for (old, new) in RENAMED {
+            if let Some(v) = take_path(&mut table, old) {
+                renamed(old, new, "in the file");
+                if get_path(&table, new).is_none() {
+                    put_path(&mut table, new, v);
+                }
+            }
+            if let Some(v) = env.get(&env_name(old)) {
+                renamed(old, new, &env_name(old));
+                set_path(&mut table, new, v);
+            }
+        }
         for key in &known {
             let var = env_name(key);
             if let Some(v) = env.get(&var) {
@@ -423,15 +461,20 @@ impl Config {
             let (k, v) = o
                 .split_once('=')
                 .ok_or_else(|| ConfigError::Override(o.clone()))?;
-            let k = k.trim();
+            let mut k = k.trim();
+            if let Some((old, new)) = RENAMED.iter().find(|(old, _)| *old == k) {
+                renamed(old, new, "--set");
+                k = new;
+            }
             if !known.iter().any(|kk| kk == k) {
                 return Err(ConfigError::UnknownKey(k.to_string()));
             }
             set_path(&mut table, k, v);
         }
-        let cfg: Config = toml::Value::Table(table)
+        let mut cfg: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.deprecated = deprecated;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -444,21 +487,8 @@ impl Config {
                 why: why.into(),
             })
         };
-        match self.backend.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
-            }
-            _ => return bad("backend", "must be an absolute http:// or https:// URL"),
-        }
-        // The proxy forwards to scheme://host:port/path only; anything else in
-        // the URL would be silently lost (or make every request fail).
-        if let Ok(u) = self.backend.parse::<http::Uri>() {
-            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
-                return bad("backend", "must not contain user:password@");
-            }
-            if u.query().is_some() {
-                return bad("backend", "must not have a ?query");
-            }
+        if let Err(why) = BackendUrl::parse(&self.backend) {
+            return bad("backend", &why);
         }
         for (key, p) in [
             ("events_path", &self.events_path),
@@ -476,8 +506,8 @@ impl Config {
         if self.hub.ring_size == 0 {
             return bad("hub.ring_size", "must be at least 1");
         }
-        if self.hub.broadcast_buffer == 0 {
-            return bad("hub.broadcast_buffer", "must be at least 1");
+        if self.hub.max_lag_frames == 0 {
+            return bad("hub.max_lag_frames", "must be at least 1");
         }
         if self.hub.max_tabs_per_user == 0 {
             return bad("hub.max_tabs_per_user", "must be at least 1");
@@ -487,13 +517,13 @@ impl Config {
         {
             return bad("server.client_ip_header", "not a valid header name");
         }
-        if self.server.write_timeout.0.is_zero() {
+        if self.server.write_timeout.is_zero() {
             return bad("server.write_timeout", "must be more than 0");
         }
-        if self.hub.keepalive.0.is_zero() {
+        if self.hub.keepalive.is_zero() {
             return bad("hub.keepalive", "must be more than 0");
         }
-        if self.upstream.backoff_min.0.is_zero() {
+        if self.upstream.backoff_min.is_zero() {
             return bad("upstream.backoff_min", "must be more than 0");
         }
         if self.upstream.backoff_max < self.upstream.backoff_min {
@@ -502,7 +532,7 @@ impl Config {
                 "must be at least upstream.backoff_min",
             );
         }
-        if self.upstream.idle_timeout.0.is_zero() {
+        if self.upstream.idle_timeout.is_zero() {
             return bad("upstream.idle_timeout", "must be more than 0");
         }
         if self.upstream.max_event_bytes < 64 {
@@ -516,6 +546,14 @@ impl Config {
             why: e.to_string(),
         })?;
         Ok(())
+    }
+
+    /// The backend base URL, checked.
+    pub fn backend(&self) -> Result<BackendUrl, ConfigError> {
+        BackendUrl::parse(&self.backend).map_err(|why| ConfigError::Invalid {
+            key: "backend".into(),
+            why,
+        })
     }
 
     /// `path` (which may carry a query) appended to the backend base URL,
@@ -535,11 +573,7 @@ impl Config {
 
 /// `base` (absolute URL, maybe with a path prefix) + `path`.
 pub fn join_url(base: &str, path: &str) -> Result<http::Uri, String> {
-    let base: http::Uri = base.parse().map_err(|e| format!("{e}"))?;
-    let pq = format!("{}{path}", base.path().trim_end_matches('/'));
-    let mut parts = base.into_parts();
-    parts.path_and_query = Some(pq.parse().map_err(|e| format!("{e}"))?);
-    http::Uri::from_parts(parts).map_err(|e| format!("{e}"))
+    BackendUrl::parse(base)?.join(path)
 }
 
 /// Every scalar key as a dotted path (`hub.grace`), derived from the defaults
@@ -588,6 +622,10 @@ fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
     } else {
         toml::Value::String(raw.trim().to_string())
     };
+    put_path(table, key, value);
+}
+
+fn put_path(table: &mut toml::Table, key: &str, value: toml::Value) {
     let mut cur = table;
     let mut parts = key.split('.').peekable();
     while let Some(part) = parts.next() {
@@ -606,6 +644,29 @@ fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
             _ => return,
         }
     }
+}
+
+fn get_path<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let (parent, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (
+            p.split('.').try_fold(table, |t, k| t.get(k)?.as_table())?,
+            l,
+        ),
+        None => (table, key),
+    };
+    parent.get(last)
+}
+
+fn take_path(table: &mut toml::Table, key: &str) -> Option<toml::Value> {
+    let (parent, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (
+            p.split('.')
+                .try_fold(table, |t, k| t.get_mut(k)?.as_table_mut())?,
+            l,
+        ),
+        None => (table, key),
+    };
+    parent.remove(last)
 }
 
 /// Whether `key`'s default value is a number or a boolean (optional keys,
@@ -683,11 +744,11 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
-        assert_eq!("10s".parse::<Dur>(), Ok(Dur(Duration::from_secs(10))));
-        assert_eq!("2m".parse::<Dur>(), Ok(Dur(Duration::from_secs(120))));
-        assert!("ten".parse::<Dur>().is_err());
-        assert!("5y".parse::<Dur>().is_err());
+        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration::parse("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration::parse("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration::parse("ten").is_err());
+        assert!(duration::parse("5y").is_err());
     }
 
     #[test]
@@ -699,9 +760,34 @@ mod tests {
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let cfg = Config::from_parts(file, env, &["hub.grace=5s".into()]).expect("valid");
-        assert_eq!(cfg.hub.grace, Dur(Duration::from_secs(5)));
+        assert_eq!(cfg.hub.grace, Duration::from_secs(5));
         assert_eq!(cfg.hub.ring_size, 16);
         assert_eq!(cfg.listen.port(), 9999);
+    }
+
+    #[test]
+    fn a_renamed_key_still_works_with_a_warning() {
+        let cfg = Config::from_parts("[hub]\nbroadcast_buffer = 77\n", none(), &[]).expect("loads");
+        assert_eq!(cfg.hub.max_lag_frames, 77);
+        assert_eq!(cfg.deprecated.len(), 1, "{:?}", cfg.deprecated);
+        assert!(cfg.deprecated[0].contains("hub.max_lag_frames"));
+        let env = vec![("SSEMUX_HUB_BROADCAST_BUFFER".to_string(), "88".to_string())];
+        let cfg = Config::from_parts("", env, &[]).expect("loads");
+        assert_eq!(cfg.hub.max_lag_frames, 88);
+        let cfg =
+            Config::from_parts("", none(), &["hub.broadcast_buffer=99".into()]).expect("loads");
+        assert_eq!(cfg.hub.max_lag_frames, 99);
+        assert_eq!(cfg.deprecated.len(), 1);
+        // The new name wins over the old one in the same file.
+        let both = "[hub]\nbroadcast_buffer = 5\nmax_lag_frames = 6\n";
+        assert_eq!(
+            Config::from_parts(both, none(), &[])
+                .expect("loads")
+                .hub
+                .max_lag_frames,
+            6
+        );
+        assert!(Config::default().deprecated.is_empty());
     }
 
     #[test]

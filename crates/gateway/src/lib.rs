@@ -1,25 +1,44 @@
-//! ssemux gateway library: the data path auth → hub → channel → tab, plus the
-//! reverse proxy for every other request.
+//! ssemux gateway library. The folders are the stages of the data path:
 //!
-//! Modules are named after what they own on the data path; see each module's
-//! top comment for what it must never do.
+//! - `server/`: accepting connections (plain or TLS), the write deadline,
+//!   connect limits, routing, the admin endpoints, the wiring of one gateway;
+//! - `events/`: `GET /events` — auth → hub → channel → tab (body and the
+//!   lean tab connection);
+//! - `upstream/`: one backend stream per user — task loop, connectors,
+//!   backoff, pacer, translate — publishing into the user's channel;
+//! - `watermark/`: the read path and the automatic read-watermark advance;
+//! - `proxy/`: every other request, forwarded to the backend;
+//! - `h1/`: the HTTP/1.1 pieces both lean paths share.
+//!
+//! Leaves used by all: `config`, `metrics`, `trigger`, `body`, `backend`.
+//! Every module's top comment says why it exists and what it must never do.
 
-pub mod auth;
+mod backend;
 pub mod body;
-pub mod channel;
-pub mod client;
-pub mod config;
-pub mod hub;
-pub mod limit;
-pub mod metrics;
-pub mod pacer;
-pub mod proxy;
-pub mod server;
-pub mod socket;
-pub mod tab;
-pub mod tab_conn;
-pub mod tls;
-pub mod translate;
-pub mod upstream;
-pub mod upstream_conn;
-pub mod watermark;
+mod config;
+mod events;
+mod h1;
+mod metrics;
+mod proxy;
+mod server;
+mod trigger;
+mod upstream;
+mod watermark;
+
+pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
+pub use config::{
+    AdminConfig, AuthConfig, Config, ConfigError, HubConfig, ProxyConfig, ServerConfig, TlsConfig,
+    UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
+};
+pub use events::auth::{AuthError, Identity, MAX_COOKIE_BYTES, cookie_header, cookie_value};
+pub use events::channel::{Attach, Channel, Follower, RecvError, TryRecvError};
+pub use events::hub::{Hub, HubError, Subscription};
+pub use events::tab::{TabHold, TabSettings, stream as tab_stream};
+pub use events::tab_conn::respond as tab_respond;
+pub use metrics::Metrics;
+pub use proxy::Proxy;
+pub use server::{Gateway, GatewayError, Reloaded};
+pub use trigger::{LOGOUT, MAX_DATA_BYTES, RESYNC, Trigger, clean_data, valid_name};
+pub use upstream::connector::{ByteStream, ConnectError, ConnectRequest, Connector};
+pub use upstream::translate::{Rule, RuleError, Rules, Translation, TriggerRule, translate};
+pub use upstream::{End, Upstream};

@@ -5,33 +5,30 @@
 //! and never takes a label value from input without bounding it — a label
 //! set an attacker can grow is a memory leak.
 //!
-//! The handle is passed down the data path (server → auth, upstream, tab);
-//! parts never call back up through it. Values the parts already keep (tabs
-//! and channels in the hub, watermark counts) are sampled at scrape time
-//! instead of being counted twice.
+//! The handle is passed down the data path (server → auth, upstream,
+//! watermark, tab); parts never call back up through it. Gauges of state the
+//! hub keeps (tabs, channels) are sampled at scrape time instead of being
+//! counted twice. Labels are typed sets: an increment builds its label from
+//! an enum or an interned name, never allocates.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
-
-/// One label, `name="value"`.
-type Label = [(&'static str, String); 1];
+use prometheus_client::registry::{Metric, Registry};
 
 /// Most distinct values a name-like label (upstream event, trigger name)
 /// takes before further new values are folded into `other`.
 const MAX_NAMES: usize = 64;
 
 /// Why an upstream connection attempt or connection failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UpstreamFailure {
     /// The backend refused the credentials (401/403).
     Unauthorized,
@@ -51,9 +48,9 @@ pub enum UpstreamFailure {
     ReadError,
 }
 
-impl UpstreamFailure {
-    fn as_str(self) -> &'static str {
-        match self {
+impl EncodeLabelValue for UpstreamFailure {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(match self {
             UpstreamFailure::Unauthorized => "unauthorized",
             UpstreamFailure::Status => "status",
             UpstreamFailure::ContentType => "content_type",
@@ -62,12 +59,12 @@ impl UpstreamFailure {
             UpstreamFailure::Eof => "eof",
             UpstreamFailure::Idle => "idle",
             UpstreamFailure::ReadError => "read_error",
-        }
+        })
     }
 }
 
 /// Why a tab was sent a `resync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ResyncCause {
     /// The upstream said so, or a reconnect could not resume, or an upstream
     /// event had to be skipped. Counted once per channel, not per tab.
@@ -81,19 +78,19 @@ pub enum ResyncCause {
     Epoch,
 }
 
-impl ResyncCause {
-    fn as_str(self) -> &'static str {
-        match self {
+impl EncodeLabelValue for ResyncCause {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(match self {
             ResyncCause::Upstream => "upstream",
             ResyncCause::RingMiss => "ring_miss",
             ResyncCause::Lag => "lag",
             ResyncCause::Epoch => "epoch",
-        }
+        })
     }
 }
 
 /// Outcome of an identity lookup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum AuthResult {
     /// Identified.
     Ok,
@@ -103,17 +100,68 @@ pub enum AuthResult {
     Unavailable,
 }
 
-impl AuthResult {
-    fn as_str(self) -> &'static str {
-        match self {
+impl EncodeLabelValue for AuthResult {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(match self {
             AuthResult::Ok => "ok",
             AuthResult::Unauthenticated => "unauthenticated",
             AuthResult::Unavailable => "unavailable",
-        }
+        })
     }
 }
 
-/// Values owned elsewhere, read at scrape time.
+/// Status class of a proxied response.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct StatusClass(u8);
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(e, "{}xx", self.0)
+    }
+}
+
+/// A name from outside (upstream event, trigger), interned once it is
+/// admitted: labelling with it clones a pointer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Name(Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: UpstreamFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: ResyncCause,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: AuthResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabel {
+    trigger: Name,
+}
+
+/// Gauges of state the hub owns, read at scrape time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Tab streams open.
@@ -122,10 +170,6 @@ pub struct Sample {
     pub channels: usize,
     /// Channels with no tab, waiting out their grace.
     pub channels_in_grace: usize,
-    /// Read watermarks advanced by ssemux.
-    pub watermark_advances: u64,
-    /// Watermark advances that failed.
-    pub watermark_failures: u64,
 }
 
 /// Shared handle to one gateway's metrics. Cheap to clone.
@@ -154,204 +198,177 @@ struct Inner {
     upstream_open: Gauge,
     upstream_connects: Counter,
     upstream_reconnects: Counter,
-    upstream_failures: Family<Label, Counter>,
-    upstream_events: Family<Label, Counter>,
-    triggers_emitted: Family<Label, Counter>,
+    upstream_failures: Family<ReasonLabel, Counter>,
+    upstream_events: Family<EventLabel, Counter>,
+    triggers_emitted: Family<TriggerLabel, Counter>,
     triggers_delivered: Counter,
-    resyncs: Family<Label, Counter>,
+    resyncs: Family<CauseLabel, Counter>,
     slow_tab_cuts: Counter,
-    auth_results: Family<Label, Counter>,
+    auth_results: Family<ResultLabel, Counter>,
     auth_cache_hits: Counter,
-    proxy_requests: Family<Label, Counter>,
+    proxy_requests: Family<ClassLabel, Counter>,
     proxy_latency: Histogram,
     fanout_latency: Histogram,
-    sampled: Arc<Sampled>,
-    events_seen: RwLock<HashSet<String>>,
-    names_seen: RwLock<HashSet<String>>,
+    watermark_advances: Counter,
+    watermark_failures: Counter,
+    events_seen: RwLock<HashSet<Arc<str>>>,
+    names_seen: RwLock<HashSet<Arc<str>>>,
 }
 
-/// Counters owned by other parts, copied in at scrape time.
-#[derive(Debug, Default)]
-struct Sampled {
-    watermark_advances: AtomicU64,
-    watermark_failures: AtomicU64,
-}
-
-impl Collector for Sampled {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, v) in [
-            (
-                "ssemux_watermark_advances",
-                "Read watermarks advanced by ssemux before fan-out.",
-                &self.watermark_advances,
-            ),
-            (
-                "ssemux_watermark_failures",
-                "Automatic read-watermark advances that failed.",
-                &self.watermark_failures,
-            ),
-        ] {
-            let c = ConstCounter::new(v.load(Ordering::Relaxed));
-            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-            c.encode(m)?;
-        }
-        Ok(())
-    }
-}
-
-fn label(name: &'static str, value: &str) -> Label {
-    [(name, value.to_string())]
+/// Register `metric` under `name` and hand it back for recording.
+fn reg<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
     /// A fresh registry with every metric registered (at zero).
     pub fn new() -> Metrics {
         let mut r = Registry::default();
-        let gauge = |r: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            r.register(name, help, g.clone());
-            g
+        let r = &mut r;
+        let inner = Inner {
+            tabs_open: reg(r, "ssemux_tabs_open", "Tab streams open.", Gauge::default()),
+            channels_open: reg(
+                r,
+                "ssemux_channels_open",
+                "User channels (one per user with a tab or in grace).",
+                Gauge::default(),
+            ),
+            channels_in_grace: reg(
+                r,
+                "ssemux_channels_in_grace",
+                "User channels with no tab, waiting out the grace period.",
+                Gauge::default(),
+            ),
+            upstream_open: reg(
+                r,
+                "ssemux_upstream_connections_open",
+                "Upstream SSE connections to the backend currently open.",
+                Gauge::default(),
+            ),
+            upstream_connects: reg(
+                r,
+                "ssemux_upstream_connects",
+                "Upstream SSE connections opened (first connect of a channel).",
+                Counter::default(),
+            ),
+            upstream_reconnects: reg(
+                r,
+                "ssemux_upstream_reconnects",
+                "Upstream SSE connections reopened after a drop.",
+                Counter::default(),
+            ),
+            upstream_failures: reg(
+                r,
+                "ssemux_upstream_failures",
+                "Upstream connect failures and connection ends, by reason.",
+                Family::default(),
+            ),
+            upstream_events: reg(
+                r,
+                "ssemux_upstream_events",
+                "Upstream events received, by event name (rare names folded into `other`).",
+                Family::default(),
+            ),
+            triggers_emitted: reg(
+                r,
+                "ssemux_triggers_emitted",
+                "Triggers published to user channels, by trigger name.",
+                Family::default(),
+            ),
+            triggers_delivered: reg(
+                r,
+                "ssemux_triggers_delivered",
+                "Trigger frames written to tab streams (replay and live).",
+                Counter::default(),
+            ),
+            resyncs: reg(
+                r,
+                "ssemux_resyncs",
+                "Resyncs sent, by cause (upstream: per channel; others: per tab).",
+                Family::default(),
+            ),
+            slow_tab_cuts: reg(
+                r,
+                "ssemux_slow_tab_cuts",
+                "Client connections cut because the socket accepted no bytes for the write timeout.",
+                Counter::default(),
+            ),
+            auth_results: reg(
+                r,
+                "ssemux_auth_results",
+                "Identity lookups, by result.",
+                Family::default(),
+            ),
+            auth_cache_hits: reg(
+                r,
+                "ssemux_auth_cache_hits",
+                "Identity lookups answered from the cache.",
+                Counter::default(),
+            ),
+            proxy_requests: reg(
+                r,
+                "ssemux_proxy_requests",
+                "Requests proxied to the backend, by response status class.",
+                Family::default(),
+            ),
+            proxy_latency: reg(
+                r,
+                "ssemux_proxy_latency_seconds",
+                "Time from request to response head for proxied requests.",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            fanout_latency: reg(
+                r,
+                "ssemux_fanout_latency_seconds",
+                "Time from an upstream event parsed to its triggers broadcast to the tabs (includes the watermark advance).",
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ),
+            watermark_advances: reg(
+                r,
+                "ssemux_watermark_advances",
+                "Read watermarks advanced by ssemux before fan-out.",
+                Counter::default(),
+            ),
+            watermark_failures: reg(
+                r,
+                "ssemux_watermark_failures",
+                "Automatic read-watermark advances that failed.",
+                Counter::default(),
+            ),
+            events_seen: RwLock::default(),
+            names_seen: RwLock::default(),
+            // Last: every field above registered itself first.
+            registry: std::mem::take(r),
         };
-        let counter = |r: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            r.register(name, help, c.clone());
-            c
-        };
-        let family = |r: &mut Registry, name: &str, help: &str| {
-            let f = Family::<Label, Counter>::default();
-            r.register(name, help, f.clone());
-            f
-        };
-        let tabs_open = gauge(&mut r, "ssemux_tabs_open", "Tab streams open.");
-        let channels_open = gauge(
-            &mut r,
-            "ssemux_channels_open",
-            "User channels (one per user with a tab or in grace).",
-        );
-        let channels_in_grace = gauge(
-            &mut r,
-            "ssemux_channels_in_grace",
-            "User channels with no tab, waiting out the grace period.",
-        );
-        let upstream_open = gauge(
-            &mut r,
-            "ssemux_upstream_connections_open",
-            "Upstream SSE connections to the backend currently open.",
-        );
-        let upstream_connects = counter(
-            &mut r,
-            "ssemux_upstream_connects",
-            "Upstream SSE connections opened (first connect of a channel).",
-        );
-        let upstream_reconnects = counter(
-            &mut r,
-            "ssemux_upstream_reconnects",
-            "Upstream SSE connections reopened after a drop.",
-        );
-        let upstream_failures = family(
-            &mut r,
-            "ssemux_upstream_failures",
-            "Upstream connect failures and connection ends, by reason.",
-        );
-        let upstream_events = family(
-            &mut r,
-            "ssemux_upstream_events",
-            "Upstream events received, by event name (rare names folded into `other`).",
-        );
-        let triggers_emitted = family(
-            &mut r,
-            "ssemux_triggers_emitted",
-            "Triggers published to user channels, by trigger name.",
-        );
-        let triggers_delivered = counter(
-            &mut r,
-            "ssemux_triggers_delivered",
-            "Trigger frames written to tab streams (replay and live).",
-        );
-        let resyncs = family(
-            &mut r,
-            "ssemux_resyncs",
-            "Resyncs sent, by cause (upstream: per channel; others: per tab).",
-        );
-        let slow_tab_cuts = counter(
-            &mut r,
-            "ssemux_slow_tab_cuts",
-            "Client connections cut because the socket accepted no bytes for the write timeout.",
-        );
-        let auth_results = family(
-            &mut r,
-            "ssemux_auth_results",
-            "Identity lookups, by result.",
-        );
-        let auth_cache_hits = counter(
-            &mut r,
-            "ssemux_auth_cache_hits",
-            "Identity lookups answered from the cache.",
-        );
-        let proxy_requests = family(
-            &mut r,
-            "ssemux_proxy_requests",
-            "Requests proxied to the backend, by response status class.",
-        );
-        let proxy_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        r.register(
-            "ssemux_proxy_latency_seconds",
-            "Time from request to response head for proxied requests.",
-            proxy_latency.clone(),
-        );
-        let fanout_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        r.register(
-            "ssemux_fanout_latency_seconds",
-            "Time from an upstream event parsed to its triggers broadcast to the tabs (includes the watermark advance).",
-            fanout_latency.clone(),
-        );
-        let sampled = Arc::new(Sampled::default());
-        r.register_collector(Box::new(sampled.clone()));
         Metrics {
-            inner: Arc::new(Inner {
-                registry: r,
-                tabs_open,
-                channels_open,
-                channels_in_grace,
-                upstream_open,
-                upstream_connects,
-                upstream_reconnects,
-                upstream_failures,
-                upstream_events,
-                triggers_emitted,
-                triggers_delivered,
-                resyncs,
-                slow_tab_cuts,
-                auth_results,
-                auth_cache_hits,
-                proxy_requests,
-                proxy_latency,
-                fanout_latency,
-                sampled,
-                events_seen: RwLock::default(),
-                names_seen: RwLock::default(),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
     /// The label value for a name from outside: itself while fewer than
     /// [`MAX_NAMES`] distinct names were seen in `seen`, else `other`.
-    fn bounded(seen: &RwLock<HashSet<String>>, name: &str) -> String {
+    /// Allocates only when a new name is admitted.
+    fn bounded(seen: &RwLock<HashSet<Arc<str>>>, name: &str) -> Name {
         {
             let known = seen.read().unwrap_or_else(|p| p.into_inner());
-            if known.contains(name) {
-                return name.to_string();
+            if let Some(n) = known.get(name) {
+                return Name(n.clone());
             }
             if known.len() >= MAX_NAMES {
-                return "other".to_string();
+                return other();
             }
         }
         let mut known = seen.write().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= MAX_NAMES {
-            return "other".to_string();
+        if let Some(n) = known.get(name) {
+            return Name(n.clone());
         }
-        known.insert(name.to_string());
-        name.to_string()
+        if known.len() >= MAX_NAMES {
+            return other();
+        }
+        let n: Arc<str> = Arc::from(name);
+        known.insert(n.clone());
+        Name(n)
     }
 
     /// An upstream connection opened; `reconnect` if the channel had one before.
@@ -374,29 +391,29 @@ impl Metrics {
     }
 
     /// An upstream connect attempt failed, or a connection ended badly.
-    pub fn upstream_failed(&self, why: UpstreamFailure) {
+    pub fn upstream_failed(&self, reason: UpstreamFailure) {
         self.inner
             .upstream_failures
-            .get_or_create(&label("reason", why.as_str()))
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
     /// One upstream event named `event` arrived.
     pub fn upstream_event(&self, event: &str) {
         let name = if event.is_empty() { "message" } else { event };
-        let name = Self::bounded(&self.inner.events_seen, name);
+        let event = Self::bounded(&self.inner.events_seen, name);
         self.inner
             .upstream_events
-            .get_or_create(&[("event", name)])
+            .get_or_create(&EventLabel { event })
             .inc();
     }
 
     /// A trigger named `name` was published to a channel.
     pub fn trigger_emitted(&self, name: &str) {
-        let name = Self::bounded(&self.inner.names_seen, name);
+        let trigger = Self::bounded(&self.inner.names_seen, name);
         self.inner
             .triggers_emitted
-            .get_or_create(&[("trigger", name)])
+            .get_or_create(&TriggerLabel { trigger })
             .inc();
     }
 
@@ -409,7 +426,7 @@ impl Metrics {
     pub fn resync(&self, cause: ResyncCause) {
         self.inner
             .resyncs
-            .get_or_create(&label("cause", cause.as_str()))
+            .get_or_create(&CauseLabel { cause })
             .inc();
     }
 
@@ -422,7 +439,7 @@ impl Metrics {
     pub fn auth(&self, result: AuthResult, cached: bool) {
         self.inner
             .auth_results
-            .get_or_create(&label("result", result.as_str()))
+            .get_or_create(&ResultLabel { result })
             .inc();
         if cached {
             self.inner.auth_cache_hits.inc();
@@ -431,16 +448,10 @@ impl Metrics {
 
     /// A proxied request got `status` after `took`.
     pub fn proxied(&self, status: http::StatusCode, took: Duration) {
-        let class = match status.as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
+        let class = StatusClass((status.as_u16() / 100).clamp(1, 5) as u8);
         self.inner
             .proxy_requests
-            .get_or_create(&label("class", class))
+            .get_or_create(&ClassLabel { class })
             .inc();
         self.inner.proxy_latency.observe(took.as_secs_f64());
     }
@@ -450,20 +461,33 @@ impl Metrics {
         self.inner.fanout_latency.observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition, with `sample` for values owned
-    /// elsewhere.
+    /// ssemux advanced a read watermark at the backend.
+    pub fn watermark_advanced(&self) {
+        self.inner.watermark_advances.inc();
+    }
+
+    /// An automatic watermark advance failed (after its retry).
+    pub fn watermark_failed(&self) {
+        self.inner.watermark_failures.inc();
+    }
+
+    /// Watermark advances so far.
+    pub fn watermark_advances(&self) -> u64 {
+        self.inner.watermark_advances.get()
+    }
+
+    /// Watermark advances that failed so far.
+    pub fn watermark_failures(&self) -> u64 {
+        self.inner.watermark_failures.get()
+    }
+
+    /// The Prometheus text exposition, with `sample` for the hub's gauges.
     pub fn render(&self, sample: Sample) -> String {
         let i = &self.inner;
         i.tabs_open.set(gauge_value(sample.tabs));
         i.channels_open.set(gauge_value(sample.channels));
         i.channels_in_grace
             .set(gauge_value(sample.channels_in_grace));
-        i.sampled
-            .watermark_advances
-            .store(sample.watermark_advances, Ordering::Relaxed);
-        i.sampled
-            .watermark_failures
-            .store(sample.watermark_failures, Ordering::Relaxed);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &i.registry).is_err() {
             // Only a formatter error can land here, and String never fails.
@@ -471,6 +495,11 @@ impl Metrics {
         }
         out
     }
+}
+
+fn other() -> Name {
+    static OTHER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Name(OTHER.get_or_init(|| Arc::from("other")).clone())
 }
 
 fn gauge_value(n: usize) -> i64 {
@@ -496,12 +525,13 @@ mod tests {
         m.auth(AuthResult::Ok, true);
         m.proxied(http::StatusCode::NOT_FOUND, Duration::from_millis(3));
         m.trigger_emitted("thread-updated");
+        for _ in 0..7 {
+            m.watermark_advanced();
+        }
         let text = m.render(Sample {
             tabs: 3,
             channels: 2,
             channels_in_grace: 1,
-            watermark_advances: 7,
-            watermark_failures: 0,
         });
         assert_eq!(
             line(&text, "ssemux_upstream_connections_open "),

@@ -12,12 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use proptest::prelude::*;
-use ssemux_gateway::channel::Channel;
-use ssemux_gateway::translate::{
-    self, MAX_DATA_BYTES, Rule, Rules, Translation, Trigger, TriggerRule, valid_name,
-};
-use ssemux_gateway::upstream::{
-    ByteStream, ConnectError, ConnectRequest, Connector, Upstream, UpstreamSettings,
+use ssemux_gateway::{
+    ByteStream, Channel, ConnectError, ConnectRequest, Connector, MAX_DATA_BYTES, Rule, Rules,
+    Translation, Trigger, TriggerRule, Upstream, UpstreamConfig, valid_name,
 };
 use ssemux_sse::{Item, Parser};
 use tokio::sync::Notify;
@@ -205,7 +202,7 @@ proptest! {
         let mut expected: Vec<Trigger> = Vec::new();
         for (event, json) in &inputs {
             for data in [json.to_string(), raw_data.clone()] {
-                match translate::translate(&rules, event, &data) {
+                match ssemux_gateway::translate(&rules, event, &data) {
                     Translation::Triggers(ts) => {
                         ch.publish(&ts);
                         expected.extend(ts);
@@ -230,7 +227,7 @@ proptest! {
     /// clean_data: one line, never empty, capped, for any text.
     #[test]
     fn clean_data_is_always_one_safe_line(raw in evil_string()) {
-        let d = translate::clean_data(&raw);
+        let d = ssemux_gateway::clean_data(&raw);
         prop_assert!(!d.is_empty() && d.len() <= MAX_DATA_BYTES);
         prop_assert!(!d.chars().any(char::is_control), "{:?}", d);
         prop_assert!(ssemux_sse::encode_event(Some("e-1"), Some("x"), &d).is_ok());
@@ -320,12 +317,13 @@ fn run_upstream(chunks: Vec<Bytes>) -> Vec<u8> {
             chunks: Mutex::new(Some(chunks)),
             done: done.clone(),
         };
-        let settings = UpstreamSettings {
+        let settings = UpstreamConfig {
             idle_timeout: Duration::from_secs(45),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(10),
             backoff_reset_after: Duration::from_secs(60),
             max_event_bytes: 256,
+            ..UpstreamConfig::default()
         };
         let up = Upstream::new(Arc::new(connector), Arc::new(rules()), settings, None);
         let ch = Channel::with_epoch("alice", "ep", 4096, 4096);

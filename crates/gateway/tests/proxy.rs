@@ -22,8 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use ssemux_gateway::body::{self, Body, BoxError};
-use ssemux_gateway::client::{ClientConfig, backend_client};
-use ssemux_gateway::proxy::{Proxy, ProxyConfig};
+use ssemux_gateway::{BackendUrl, Proxy, ProxyConfig};
+use ssemux_gateway::{ClientConfig, backend_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -327,17 +327,29 @@ impl http_body::Body for ChannelBody {
 
 // ------------------------------------------------------------------ front
 
-fn proxy_cfg(backend: &str) -> ProxyConfig {
-    ProxyConfig {
-        backend: backend.parse().expect("backend uri"),
-        max_request_body: 100 * MB,
-        response_timeout: Duration::from_secs(30),
+/// Where the front forwards to, and its `[proxy]` limits.
+struct Front {
+    backend: BackendUrl,
+    cfg: ProxyConfig,
+}
+
+fn proxy_cfg(backend: &str) -> Front {
+    Front {
+        backend: BackendUrl::parse(backend).expect("backend uri"),
+        cfg: ProxyConfig {
+            max_request_body: 100 * MB,
+            response_timeout: Duration::from_secs(30),
+        },
     }
 }
 
 /// A front server: every request goes to `Proxy::forward`.
-async fn start_front(cfg: ProxyConfig, client: ClientConfig) -> SocketAddr {
-    let proxy = Proxy::new(cfg, backend_client(&client).expect("backend client"));
+async fn start_front(front: Front, client: ClientConfig) -> SocketAddr {
+    let proxy = Proxy::new(
+        front.backend,
+        &front.cfg,
+        backend_client(&client).expect("backend client"),
+    );
     let listener = small_listener();
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -647,7 +659,7 @@ async fn closed_backend_port_is_502() {
 async fn silent_backend_is_504() {
     let (baddr, backend) = start_backend(false).await;
     let mut cfg = proxy_cfg(&format!("http://{baddr}"));
-    cfg.response_timeout = Duration::from_millis(300);
+    cfg.cfg.response_timeout = Duration::from_millis(300);
     let front = start_front(cfg, ClientConfig::default()).await;
     let mut client = h1(front).await;
     let started = Instant::now();
@@ -665,7 +677,7 @@ async fn silent_backend_is_504() {
 async fn oversize_bodies_are_413() {
     let (baddr, backend) = start_backend(false).await;
     let mut cfg = proxy_cfg(&format!("http://{baddr}"));
-    cfg.max_request_body = 1024;
+    cfg.cfg.max_request_body = 1024;
     let front = start_front(cfg, ClientConfig::default()).await;
 
     // Declared: refused from the head alone, the backend is never contacted.

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ssemux_gateway::config::Config;
-use ssemux_gateway::server::Gateway;
+use ssemux_gateway::Config;
+use ssemux_gateway::Gateway;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -54,7 +54,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Run the mock chat backend and the gateway together on loopback.
+    /// Run the mock chat backend and the gateway together on loopback
+    /// (built with the `demo` feature: `make run`).
+    #[cfg(feature = "demo")]
     Demo {
         /// Gateway address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -82,6 +84,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => {
             return match Config::load(Some(&file), std::env::vars(), &[]) {
                 Ok(cfg) => {
+                    for d in &cfg.deprecated {
+                        eprintln!("{}: warning: {d}", file.display());
+                    }
                     println!("{}", cfg.to_toml());
                     eprintln!("{}: ok", file.display());
                     ExitCode::SUCCESS
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             backend_listen,
@@ -159,6 +165,9 @@ async fn serve_on(cfg: Config, listener: TcpListener, source: Source) -> anyhow:
     let hangup = hangup_signal().context("cannot install the SIGHUP handler")?;
     let local = listener.local_addr().context("listener address")?;
     let backend = cfg.backend.clone();
+    for d in &cfg.deprecated {
+        tracing::warn!("configuration: {d}");
+    }
     let gateway = Gateway::new(cfg).context("cannot build gateway")?;
     tracing::info!(listen = %local, backend = %backend, "ssemux serving");
     let shutdown = gateway.shutdown_token();
@@ -262,6 +271,7 @@ impl Signals {
     }
 }
 
+#[cfg(feature = "demo")]
 async fn demo(listen: SocketAddr, backend_listen: SocketAddr) -> anyhow::Result<()> {
     let backend = ssemux_mock_upstream::MockBackend::start(backend_listen)
         .await

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ssemux_gateway::config::{Config, known_keys};
+use ssemux_gateway::{Config, known_keys};
 
 fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/ssemux.toml")

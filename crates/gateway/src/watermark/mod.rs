@@ -5,17 +5,20 @@
 //! identity — the user always comes from auth, so one user's tab ids can never
 //! reach another user's state.
 
+pub mod read;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::{Request, Uri, header};
 use tokio::time::Instant;
 
+use crate::backend::BackendClient;
 use crate::body;
-use crate::channel::Channel;
-use crate::client::BackendClient;
+use crate::config::WatermarkConfig;
+use crate::events::auth::Identity;
+use crate::metrics::Metrics;
 
 /// Longest tab id accepted from a browser.
 pub const MAX_TAB_ID: usize = 64;
@@ -28,6 +31,14 @@ pub fn valid_tab_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The key of a tab's watermark state: its tab id, else its session.
+pub fn tab_key(tab: Option<&str>, id: &Identity) -> String {
+    match tab {
+        Some(t) => format!("t:{t}"),
+        None => format!("s:{}", id.session),
+    }
 }
 
 /// How long a read posted by a tab whose stream is not open (yet) keeps its
@@ -132,8 +143,7 @@ struct Inner {
     inbound_event: String,
     timeout: Duration,
     state: Mutex<State>,
-    advances: AtomicU64,
-    failures: AtomicU64,
+    metrics: Metrics,
 }
 
 /// Shared handle to the watermark state.
@@ -169,18 +179,17 @@ impl Drop for TabMarkGuard {
 }
 
 impl Watermarks {
-    /// `url` is the backend's read-watermark endpoint; `inbound_event` the
-    /// upstream event name that may advance it.
-    pub fn new(client: BackendClient, url: Uri, inbound_event: &str, timeout: Duration) -> Self {
+    /// `url` is the backend's read-watermark endpoint (`watermark.read_path`);
+    /// advances are counted in `metrics`.
+    pub fn new(client: BackendClient, url: Uri, cfg: &WatermarkConfig, metrics: Metrics) -> Self {
         Watermarks {
             inner: Arc::new(Inner {
                 client,
                 url,
-                inbound_event: inbound_event.to_string(),
-                timeout,
+                inbound_event: cfg.inbound_event.clone(),
+                timeout: cfg.timeout,
                 state: Mutex::new(State::default()),
-                advances: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -245,12 +254,12 @@ impl Watermarks {
 
     /// Automatic advances done so far.
     pub fn advances(&self) -> u64 {
-        self.inner.advances.load(Ordering::Relaxed)
+        self.inner.metrics.watermark_advances()
     }
 
     /// Automatic advances that failed (after their one retry).
     pub fn failures(&self) -> u64 {
-        self.inner.failures.load(Ordering::Relaxed)
+        self.inner.metrics.watermark_failures()
     }
 
     /// Called by the upstream task for every translated event before its
@@ -277,18 +286,15 @@ impl Watermarks {
         })
     }
 
-    /// Advance the backend's watermark as [`Watermarks::wanted`] found due.
-    /// Failures are logged and counted; they never hold back the fan-out
-    /// beyond the one retry.
-    pub async fn advance(&self, channel: &Channel, due: Advance) {
+    /// Advance `user`'s watermark as [`Watermarks::wanted`] found due, with
+    /// the credential the user's upstream is open with. Failures are logged
+    /// and counted; they never hold back the fan-out beyond the one retry.
+    pub async fn advance(&self, user: &str, cookie: &str, due: Advance) {
         let Advance { peer, row } = due;
-        let (user, peer) = (channel.user(), peer.as_str());
-        let Some((_, cookie)) = channel.credential() else {
-            return;
-        };
+        let peer = peer.as_str();
         let payload = serde_json::json!({ "peer": peer, "rowId": row }).to_string();
         for attempt in 0..2 {
-            match self.post(&cookie, &payload).await {
+            match self.post(cookie, &payload).await {
                 Ok(()) => {
                     let mut st = self.lock();
                     let hi = st
@@ -296,7 +302,7 @@ impl Watermarks {
                         .entry((user.to_string(), peer.to_string()))
                         .or_insert(0);
                     *hi = (*hi).max(row);
-                    self.inner.advances.fetch_add(1, Ordering::Relaxed);
+                    self.inner.metrics.watermark_advanced();
                     return;
                 }
                 Err(e) => {
@@ -304,7 +310,7 @@ impl Watermarks {
                 }
             }
         }
-        self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.watermark_failed();
     }
 
     async fn post(&self, cookie: &str, payload: &str) -> Result<(), String> {
@@ -330,10 +336,14 @@ mod tests {
     use super::*;
 
     fn marks() -> Watermarks {
-        let client =
-            crate::client::backend_client(&crate::client::ClientConfig::default()).expect("client");
+        let client = crate::backend::backend_client(&crate::backend::ClientConfig::default())
+            .expect("client");
         let url: Uri = "http://127.0.0.1:9/read".parse().expect("uri");
-        Watermarks::new(client, url, "inbound", Duration::from_secs(1))
+        let cfg = WatermarkConfig {
+            timeout: Duration::from_secs(1),
+            ..WatermarkConfig::default()
+        };
+        Watermarks::new(client, url, &cfg, Metrics::default())
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,15 +2,13 @@
 //! with the cookies forwarded) and caching the answer briefly. Owns the
 //! identity cache. It never logs cookie values and never creates streams.
 
-use std::time::Duration;
-
 use dashmap::DashMap;
-use http::{HeaderMap, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body;
-use crate::client::BackendClient;
+use crate::backend::BackendClient;
+use crate::body::{self, Body};
 use crate::config::AuthConfig;
 use crate::metrics::{AuthResult, Metrics};
 
@@ -51,38 +49,11 @@ struct Cached {
     expires: Instant,
 }
 
-/// Settings of the identity lookup.
-#[derive(Clone, Debug)]
-pub struct AuthSettings {
-    /// Positive answers cached this long.
-    pub cache_ttl: Duration,
-    /// 401s cached this long.
-    pub negative_ttl: Duration,
-    /// Cache bound.
-    pub cache_max_entries: usize,
-    /// Time allowed for the call.
-    pub timeout: Duration,
-    /// Name of the session cookie.
-    pub session_cookie: String,
-}
-
-impl From<&AuthConfig> for AuthSettings {
-    fn from(c: &AuthConfig) -> Self {
-        AuthSettings {
-            cache_ttl: c.cache_ttl.0,
-            negative_ttl: c.negative_ttl.0,
-            cache_max_entries: c.cache_max_entries,
-            timeout: c.timeout.0,
-            session_cookie: c.session_cookie.clone(),
-        }
-    }
-}
-
 /// The identity lookup with its cache.
 pub struct Auth {
     client: BackendClient,
     me_url: Uri,
-    settings: AuthSettings,
+    settings: AuthConfig,
     cache: DashMap<String, Cached>,
     metrics: Metrics,
 }
@@ -115,20 +86,36 @@ pub fn cookie_value<'a>(cookie_header: &'a str, name: &str) -> Option<&'a str> {
 
 impl Auth {
     /// `me_url` is the backend's introspection endpoint.
-    pub fn new(client: BackendClient, me_url: Uri, settings: AuthSettings) -> Self {
+    /// `me_url` is the backend's identity endpoint (`auth.me_path`).
+    pub fn new(client: BackendClient, me_url: Uri, settings: AuthConfig, metrics: Metrics) -> Self {
         Auth {
             client,
             me_url,
             settings,
             cache: DashMap::new(),
-            metrics: Metrics::default(),
+            metrics,
         }
     }
 
-    /// Report into `metrics` (default: a private, unexported registry).
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
+    /// The request's identity, or the answer a request without one gets:
+    /// `401`, or `503` with `Retry-After` when the backend cannot be asked
+    /// (a backend outage must not look like a logout).
+    pub async fn identify_or_refuse(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Identity, Response<Body>> {
+        self.identify(headers).await.map_err(|e| match e {
+            AuthError::Unauthenticated => body::text(StatusCode::UNAUTHORIZED, "not authenticated"),
+            AuthError::Unavailable(why) => {
+                tracing::warn!(%why, "identity lookup failed");
+                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(self.settings.retry_after_secs),
+                );
+                r
+            }
+        })
     }
 
     /// Identify the request by its cookies.

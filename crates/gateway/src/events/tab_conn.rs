@@ -14,23 +14,20 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use bytes_utils::SegmentedBuf;
 use futures_util::FutureExt;
-use http::{HeaderName, HeaderValue, Request, Response, Version, header};
+use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::Body;
-
-/// Longest request head read before giving the connection to hyper (which
-/// then applies its own limits and error answers).
-const MAX_HEAD: usize = 16 * 1024 + 2048;
-
-/// Most headers accepted on the events request; more go to hyper.
-const MAX_HEADERS: usize = 64;
+use crate::events::channel::MAX_BATCH;
+use crate::h1::head::{self, MAX_REQUEST_HEAD};
+use crate::h1::{MAX_HEADERS, body, write};
 
 /// Bytes a peer may send after the events request before it is cut.
 const MAX_UNSOLICITED: usize = 64 * 1024;
@@ -39,9 +36,6 @@ const MAX_UNSOLICITED: usize = 64 * 1024;
 /// dropping what it sends, and how much it reads meanwhile.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
-
-/// Most body frames gathered into one `writev`.
-const MAX_BATCH: usize = 64;
 
 /// What the first bytes of a connection turned out to be.
 pub enum Sniffed<I> {
@@ -63,11 +57,11 @@ where
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + head_timeout;
     loop {
-        if buf.len() >= MAX_HEAD {
+        if buf.len() >= MAX_REQUEST_HEAD {
             return Sniffed::Other(Rewind::new(io, buf.freeze()));
         }
         if buf.capacity() == buf.len() {
-            buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
+            buf.reserve(buf.len().min(MAX_REQUEST_HEAD - buf.len()).max(1024));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -111,24 +105,7 @@ fn classify(buf: &[u8], events_path: &str) -> Head {
         Ok(httparse::Status::Partial) => return Head::NeedMore,
         Err(_) => return Head::Other,
     }
-    build(&req).map_or(Head::Other, |r| Head::Events(Box::new(r)))
-}
-
-fn build(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
-    if req.method != Some("GET") || req.version != Some(1) {
-        return None;
-    }
-    let mut out = Request::get(req.path?).version(Version::HTTP_11);
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        // A body (or a claim of one) on an events request is not ours to
-        // frame: hyper decides what to make of it.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            return None;
-        }
-        out = out.header(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    out.body(()).ok()
+    head::get_request(&req).map_or(Head::Other, |r| Head::Events(Box::new(r)))
 }
 
 /// An I/O object that first yields bytes already read from it.
@@ -209,7 +186,7 @@ where
     // map is not kept for the life of the stream.
     let (parts, body) = resp.into_parts();
     let sized = body.size_hint().exact();
-    let head = head(&parts, sized);
+    let head = head::encode_response(&parts, sized);
     stream(io, body, head, sized.is_none())
 }
 
@@ -217,7 +194,8 @@ async fn stream<I>(io: &mut I, mut body: Body, head: Bytes, chunked: bool) -> io
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = vec![head];
+    let mut out = SegmentedBuf::new();
+    out.push(head);
     let mut frames: Vec<Bytes> = Vec::new();
     let mut unsolicited = 0usize;
     let mut ended = false;
@@ -229,9 +207,9 @@ where
                 Some(next) => ended = take(next, &mut frames)?,
             }
         }
-        if !frames.is_empty() || ended || !out.is_empty() {
-            frame_into(&mut out, &mut frames, chunked, ended);
-            write_all(io, &mut out).await?;
+        if !frames.is_empty() || ended || out.has_remaining() {
+            body::frame_into(&mut out, &mut frames, chunked, ended);
+            write::write_all(io, &mut out).await?;
             io.flush().await?;
         }
         if ended {
@@ -243,7 +221,7 @@ where
         }
         // Nothing pending: while the tab waits (mostly, for long), it holds
         // no batch buffers; the next batch allocates its own.
-        out = Vec::new();
+        out = SegmentedBuf::new();
         frames = Vec::new();
         tokio::select! {
             next = body.frame() => ended = take(next, &mut frames)?,
@@ -313,90 +291,10 @@ fn take(next: Next, frames: &mut Vec<Bytes>) -> io::Result<bool> {
     }
 }
 
-fn head(parts: &http::response::Parts, sized: Option<u64>) -> Bytes {
-    let mut h = Vec::with_capacity(256);
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    h.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_LENGTH
-        {
-            continue;
-        }
-        h.extend_from_slice(name.as_str().as_bytes());
-        h.extend_from_slice(b": ");
-        h.extend_from_slice(value.as_bytes());
-        h.extend_from_slice(b"\r\n");
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        h.extend_from_slice(b"date: ");
-        h.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-        h.extend_from_slice(b"\r\n");
-    }
-    match sized {
-        Some(n) => h.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None => h.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    // One response per connection: the stream never ends in a state where
-    // another request could follow.
-    h.extend_from_slice(b"connection: close\r\n\r\n");
-    Bytes::from(h)
-}
-
-// Append `frames` to `out` with chunk framing (one chunk for the batch), and
-// the last-chunk marker if the body ended.
-fn frame_into(out: &mut Vec<Bytes>, frames: &mut Vec<Bytes>, chunked: bool, ended: bool) {
-    if !chunked {
-        out.append(frames);
-        return;
-    }
-    let len: usize = frames.iter().map(Bytes::len).sum();
-    if len > 0 {
-        out.push(Bytes::from(format!("{len:x}\r\n")));
-        out.append(frames);
-        out.push(Bytes::from_static(b"\r\n"));
-    }
-    if ended {
-        out.push(Bytes::from_static(b"0\r\n\r\n"));
-    }
-}
-
-// Write every buffer in `out`, as few syscalls as the socket allows; empties
-// `out`.
-async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < out.len() {
-        let slices: Vec<IoSlice<'_>> = out[first..]
-            .iter()
-            .take(MAX_BATCH + 4)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut n = io.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && first < out.len() {
-            let len = out[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                out[first].advance(n);
-                n = 0;
-            }
-        }
-        while first < out.len() && out[first].is_empty() {
-            first += 1;
-        }
-    }
-    out.clear();
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderValue, header};
 
     fn classify_str(s: &str) -> &'static str {
         match classify(s.as_bytes(), "/events") {

@@ -2,15 +2,13 @@
 //! tabs, grace timer, generation check). Owns that map and nothing else; it
 //! never parses HTTP, never reads upstream bytes and never encodes frames.
 
+use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
-
-use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::Channel;
 use crate::config::HubConfig;
+use crate::events::channel::Channel;
 use crate::upstream::{End, Upstream};
 
 /// Why a tab could not subscribe.
@@ -27,36 +25,6 @@ pub enum HubError {
     ShuttingDown,
 }
 
-/// Hub settings (from `[hub]`).
-#[derive(Clone, Debug)]
-pub struct HubSettings {
-    /// Channel lifetime after the last tab leaves.
-    pub grace: Duration,
-    /// Replay ring length.
-    pub ring_size: usize,
-    /// Broadcast buffer per channel.
-    pub broadcast_buffer: usize,
-    /// Tabs per user.
-    pub max_tabs_per_user: usize,
-    /// Tabs in total.
-    pub max_total_tabs: usize,
-}
-
-impl From<&HubConfig> for HubSettings {
-    fn from(c: &HubConfig) -> Self {
-        HubSettings {
-            grace: c.grace.0,
-            ring_size: c.ring_size,
-            broadcast_buffer: c.broadcast_buffer,
-            max_tabs_per_user: c.max_tabs_per_user,
-            max_total_tabs: match c.max_total_tabs {
-                0 => default_total_tabs(),
-                n => n,
-            },
-        }
-    }
-}
-
 struct Entry {
     channel: Arc<Channel>,
     /// Stops this channel's upstream task.
@@ -69,7 +37,7 @@ struct Entry {
 
 struct Inner {
     entries: DashMap<String, Entry>,
-    settings: HubSettings,
+    settings: HubConfig,
     upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     upstreams_started: AtomicU64,
@@ -110,12 +78,15 @@ impl Drop for Subscription {
 
 impl Hub {
     /// A hub whose channels run `upstream`.
-    pub fn new(settings: HubSettings, upstream: Upstream) -> Hub {
+    /// `hub.max_total_tabs = 0` is resolved here (and on reload), from the
+    /// open-file limit.
+    pub fn new(settings: HubConfig, upstream: Upstream) -> Hub {
+        let max_total_tabs = total_tabs_limit(settings.max_total_tabs);
         Hub {
             inner: Arc::new(Inner {
                 entries: DashMap::new(),
                 max_tabs_per_user: AtomicUsize::new(settings.max_tabs_per_user),
-                max_total_tabs: AtomicUsize::new(settings.max_total_tabs),
+                max_total_tabs: AtomicUsize::new(max_total_tabs),
                 settings,
                 upstream: Arc::new(upstream),
                 shutdown: CancellationToken::new(),
@@ -174,7 +145,7 @@ impl Hub {
     /// Create an entry and start its upstream. Runs under the map's shard lock.
     fn open(&self, user: &str) -> Entry {
         let s = &self.inner.settings;
-        let channel = Channel::new(user, s.ring_size, s.broadcast_buffer);
+        let channel = Channel::new(user, s.ring_size, s.max_lag_frames);
         let cancel = self.inner.shutdown.child_token();
         self.inner.upstreams_started.fetch_add(1, Ordering::Relaxed);
         let upstream = self.inner.upstream.clone();
@@ -269,7 +240,7 @@ impl Hub {
             .store(max_tabs_per_user, Ordering::Relaxed);
         self.inner
             .max_total_tabs
-            .store(max_total_tabs, Ordering::Relaxed);
+            .store(total_tabs_limit(max_total_tabs), Ordering::Relaxed);
     }
 
     /// Upstream tasks started since the hub was created.
@@ -288,6 +259,14 @@ impl Hub {
 /// Half the soft open-file limit (read from `/proc/self/limits`), so tabs
 /// cannot starve upstream and proxy connections of descriptors; 10 000 where
 /// the limit cannot be read.
+/// `hub.max_total_tabs` as configured, `0` meaning "derive it".
+fn total_tabs_limit(configured: usize) -> usize {
+    match configured {
+        0 => default_total_tabs(),
+        n => n,
+    }
+}
+
 fn default_total_tabs() -> usize {
     std::fs::read_to_string("/proc/self/limits")
         .ok()

@@ -17,7 +17,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
-use crate::translate::{self, Trigger};
+use crate::metrics::ResyncCause;
+use crate::trigger::{self, Trigger};
+
+/// Most frames moved as one batch: triggers published by one call, frames a
+/// tab takes per wake-up, frames gathered into one `writev`. The bound keeps
+/// one tab from holding the channel's lock for long, and a long burst (a
+/// replay after reconnect) from being trimmed before any tab could take it.
+pub const MAX_BATCH: usize = 64;
 
 /// One encoded SSE frame as it travels to every tab of the user.
 #[derive(Clone, Debug)]
@@ -58,9 +65,11 @@ pub enum TryRecvError {
 pub struct Attach {
     /// Frames after the tab's `Last-Event-ID`, oldest first.
     pub replay: Vec<Bytes>,
-    /// The id could not be served (unknown epoch, fell out of the ring, or
-    /// from the future): the tab must start with a `resync`.
-    pub resync: Option<Bytes>,
+    /// The id could not be served: the tab must start with this `resync`
+    /// frame, counted under its cause (another epoch or a malformed id:
+    /// [`ResyncCause::Epoch`]; this epoch but out of the ring or from the
+    /// future: [`ResyncCause::RingMiss`]).
+    pub resync: Option<(Bytes, ResyncCause)>,
     /// For a tab that came without an id: an id-only frame (no event is
     /// dispatched) naming the current position, so that if this stream drops
     /// before its first trigger, the browser's reconnect still carries a
@@ -102,7 +111,7 @@ pub struct Channel {
     // Frames always kept for reconnecting tabs (`hub.ring_size`).
     ring_size: usize,
     // Most frames kept at all; a live tab further behind is lagged
-    // (`max(hub.ring_size, hub.broadcast_buffer)`).
+    // (`max(hub.ring_size, hub.max_lag_frames)`).
     ring_max: usize,
     wake: watch::Sender<()>,
     // Wakes tabs waiting for the first upstream connect (or the close).
@@ -112,30 +121,30 @@ pub struct Channel {
 
 impl Channel {
     /// A new channel with a fresh random epoch.
-    pub fn new(user: &str, ring_size: usize, broadcast_buffer: usize) -> Arc<Channel> {
+    pub fn new(user: &str, ring_size: usize, max_lag_frames: usize) -> Arc<Channel> {
         Self::with_epoch(
             user,
             &format!("{:016x}", fastrand::u64(..)),
             ring_size,
-            broadcast_buffer,
+            max_lag_frames,
         )
     }
 
     /// A new channel with a given epoch (tests). `ring_size` frames are kept
-    /// for replay; a live tab may fall `broadcast_buffer` frames behind
+    /// for replay; a live tab may fall `max_lag_frames` frames behind
     /// (or `ring_size`, if larger) before it is lagged.
     pub fn with_epoch(
         user: &str,
         epoch: &str,
         ring_size: usize,
-        broadcast_buffer: usize,
+        max_lag_frames: usize,
     ) -> Arc<Channel> {
         let ring_size = ring_size.max(1);
         Arc::new(Channel {
             user: user.to_string(),
             epoch: epoch.to_string(),
             ring_size,
-            ring_max: ring_size.max(broadcast_buffer),
+            ring_max: ring_size.max(max_lag_frames),
             wake: watch::Sender::new(()),
             upstream_ready: Notify::new(),
             state: Mutex::new(State {
@@ -178,13 +187,13 @@ impl Channel {
     }
 
     /// Bytes held by the ring: the replay tail plus whatever a slow tab has
-    /// not taken yet, at most `max(ring_size, broadcast_buffer)` frames.
+    /// not taken yet, at most `max(ring_size, max_lag_frames)` frames.
     pub fn ring_bytes(&self) -> usize {
         self.lock().ring.iter().map(|f| f.bytes.len()).sum()
     }
 
     /// Frames the slowest attached tab has not taken yet. Bounded by
-    /// `max(ring_size, broadcast_buffer)` however far a tab falls behind: a
+    /// `max(ring_size, max_lag_frames)` however far a tab falls behind: a
     /// tab that lags past it gets `resync` instead of pinning more memory.
     pub fn backlog(&self) -> usize {
         let st = self.lock();
@@ -264,7 +273,7 @@ impl Channel {
     pub fn close(&self) {
         let mut st = self.lock();
         // One lock: no publish can land between the logout and the close.
-        self.append(&mut st, &[Trigger::new(translate::LOGOUT, "1")]);
+        self.append(&mut st, &[Trigger::new(trigger::LOGOUT, "1")]);
         st.closed = true;
         drop(st);
         self.wake.send_replace(());
@@ -330,9 +339,10 @@ impl Channel {
                 rx,
             };
         };
-        let servable = last
+        let this_epoch = last
             .rsplit_once('-')
-            .filter(|(epoch, _)| *epoch == self.epoch)
+            .filter(|(epoch, _)| *epoch == self.epoch);
+        let servable = this_epoch
             .and_then(|(_, seq)| seq.parse::<u64>().ok())
             .filter(|&seq| {
                 let oldest_kept = st.ring.front().map_or(st.seq + 1, |f| f.seq);
@@ -353,7 +363,14 @@ impl Channel {
             },
             None => {
                 let id = format!("{}-{}", self.epoch, st.seq);
-                let resync = ssemux_sse::encode_event(Some(&id), Some(translate::RESYNC), "1").ok();
+                let cause = if this_epoch.is_some() {
+                    ResyncCause::RingMiss
+                } else {
+                    ResyncCause::Epoch
+                };
+                let resync = ssemux_sse::encode_event(Some(&id), Some(trigger::RESYNC), "1")
+                    .ok()
+                    .map(|frame| (frame, cause));
                 Attach {
                     replay: Vec::new(),
                     resync,
@@ -551,7 +568,7 @@ mod tests {
         for bad in ["e1-1", "e0-5", "e1-7", "garbage", "e1-x"] {
             let a = ch.attach(Some(bad));
             assert!(a.replay.is_empty(), "{bad}");
-            let r = a.resync.expect("resync");
+            let (r, _) = a.resync.expect("resync");
             let text = String::from_utf8_lossy(&r).to_string();
             assert!(
                 text.contains("event: resync") && text.contains("id: e1-6"),

@@ -35,11 +35,6 @@ impl<S> WriteDeadline<S> {
         }
     }
 
-    /// The wrapped I/O object.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Called when the inner write made no progress: start (or keep) the
     /// stall clock and fail once it runs out. Polling the timer registers the
     /// task's waker, so the connection wakes up to fail even if the socket

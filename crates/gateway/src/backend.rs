@@ -18,7 +18,72 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use http::HeaderValue;
+use http::uri::{Authority, Scheme};
+
 use crate::body::Body;
+
+/// The configured backend base URL, checked once when the configuration is
+/// loaded: `http://` or `https://`, a host, no `user:password@`, no query
+/// (the proxy forwards to scheme://host:port/path only; anything else would
+/// be silently lost), and an optional path prefix put in front of every path
+/// (`https://chat.internal/app` + `/x?y` → `https://chat.internal/app/x?y`).
+#[derive(Debug, Clone)]
+pub struct BackendUrl {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    /// The authority as a `Host` header value.
+    pub(crate) host: HeaderValue,
+    /// Path prefix without a trailing `/`; empty for none.
+    pub(crate) prefix: String,
+}
+
+impl BackendUrl {
+    /// Check and split `base`; the error says what is wrong with it.
+    pub fn parse(base: &str) -> Result<BackendUrl, String> {
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| "must be an absolute http:// or https:// URL".to_string())?;
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err("must be an absolute http:// or https:// URL".into()),
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or("must be an absolute http:// or https:// URL")?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err("must not contain user:password@".into());
+        }
+        if uri.query().is_some() {
+            return Err("must not have a ?query".into());
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "has a host that is not a valid header value".to_string())?;
+        Ok(BackendUrl {
+            scheme,
+            authority,
+            host,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `path` (which may carry a query) on the backend, after the prefix.
+    pub fn join(&self, path: &str) -> Result<http::Uri, String> {
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path}", self.prefix))
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether the backend is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
 
 /// HTTP client to the backend: http and https (rustls with ring, native roots
 /// or an extra CA PEM file), h1 and h2 via ALPN, pooled. Cheap to clone; clones

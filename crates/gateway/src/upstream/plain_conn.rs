@@ -7,7 +7,7 @@
 //! client connection costs ~25 KiB (its dispatch channel, two 8 KiB buffers
 //! and a task of its own) — multiplied by every user.
 //!
-//! An https backend keeps the hyper client ([`crate::upstream::HttpConnector`]):
+//! An https backend keeps the hyper client ([`super::hyper_conn::HttpConnector`]):
 //! TLS buffers dwarf the saving, and ALPN h2 lets all users' streams share
 //! one connection there. This module never sends a second request on a
 //! connection, never follows a redirect and never hands on a byte that is
@@ -27,25 +27,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::BoxError;
-use crate::upstream::{
+use super::connector::{
     ByteStream, ConnectError, ConnectRequest, Connector, check_content_type, check_status,
 };
-
-/// Longest response head accepted.
-const MAX_HEAD: usize = 16 * 1024;
-
-/// Most response headers accepted.
-const MAX_HEADERS: usize = 64;
+use crate::body::BoxError;
+use crate::h1::MAX_HEADERS;
+use crate::h1::body::{Framing, Step};
+use crate::h1::head::MAX_RESPONSE_HEAD;
 
 /// Most bytes taken per read of the body (a stack buffer, not kept).
 const READ_CHUNK: usize = 8192;
 
-/// Read buffer for the response head, grown as needed up to [`MAX_HEAD`].
+/// Read buffer for the response head, grown as needed up to [`MAX_RESPONSE_HEAD`].
 const HEAD_CHUNK: usize = 1024;
-
-/// Longest chunk-size or trailer line in a chunked body.
-const MAX_LINE: usize = 4096;
 
 /// Where and how to open the stream; shared by every user's connect.
 #[derive(Debug)]
@@ -163,7 +157,7 @@ where
     let framing = loop {
         match parse_head(&mut buf)? {
             Some(framing) => break framing,
-            None if buf.len() >= MAX_HEAD => {
+            None if buf.len() >= MAX_RESPONSE_HEAD => {
                 return Err(ConnectError::Transport("response head too large".into()));
             }
             None => {}
@@ -216,69 +210,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Framing>, ConnectError> {
     }
 }
 
-/// Check the content type and pick the body's framing (RFC 9112 §6.3).
+/// Check the content type and pick the body's framing.
 fn check_headers(headers: &[httparse::Header<'_>], http11: bool) -> Result<Framing, ConnectError> {
-    let mut ctype: Option<&[u8]> = None;
-    let mut chunked = None;
-    let mut length: Option<u64> = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-type") {
-            ctype = Some(h.value);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding listed decides; several headers form one list.
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(http11 && last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ConnectError::Transport("invalid content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ConnectError::Transport("conflicting content-length".into()));
-            }
-            length = Some(n);
-        }
-    }
-    check_content_type(ctype.unwrap_or_default())?;
-    Ok(match (chunked, length) {
-        (Some(true), _) => Framing::Chunked(Chunk::Size),
-        // A transfer coding we do not decode: the body runs to close.
-        (Some(false), _) => Framing::Close,
-        (None, Some(n)) => Framing::Length(n),
-        (None, None) => Framing::Close,
-    })
-}
-
-/// How the response body is delimited, and how far through it we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Chunked transfer coding, at this point of a chunk.
-    Chunked(Chunk),
-    /// This many body bytes remain.
-    Length(u64),
-    /// The body runs until the backend closes the connection.
-    Close,
-    /// The body ended (or failed); nothing more is read.
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines up to an empty one.
-    Trailer,
-}
-
-/// What one de-framing step found in the buffer.
-enum Step {
-    Data(Bytes),
-    NeedMore,
-    End,
+    let framing = Framing::of(headers, http11).map_err(|e| ConnectError::Transport(e.into()))?;
+    let ctype = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+        .map_or(&[][..], |h| h.value);
+    check_content_type(ctype)?;
+    Ok(framing)
 }
 
 struct BodyReader<I> {
@@ -309,7 +249,7 @@ impl<I: AsyncRead + Unpin> Stream for BodyReader<I> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            match this.step() {
+            match this.framing.step(&mut this.buf) {
                 Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(d))),
                 Ok(Step::End) => {
                     this.framing = Framing::Done;
@@ -342,126 +282,10 @@ impl<I: AsyncRead + Unpin> Stream for BodyReader<I> {
     }
 }
 
-impl<I> BodyReader<I> {
-    fn step(&mut self) -> io::Result<Step> {
-        let buf = &mut self.buf;
-        loop {
-            match self.framing {
-                Framing::Done => return Ok(Step::End),
-                Framing::Close => {
-                    return Ok(if buf.is_empty() {
-                        Step::NeedMore
-                    } else {
-                        Step::Data(buf.split().freeze())
-                    });
-                }
-                Framing::Length(0) => return Ok(Step::End),
-                Framing::Length(n) => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    self.framing = Framing::Length(n - k as u64);
-                    return Ok(Step::Data(buf.split_to(k).freeze()));
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Step::NeedMore);
-                    };
-                    let size = chunk_size(&line)?;
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailer
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Framing::Chunked(Chunk::Data(n)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    let left = n - k as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Step::Data(buf.split_to(k).freeze()));
-                }
-                Framing::Chunked(Chunk::DataEnd) => match buf.first() {
-                    None => return Ok(Step::NeedMore),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        self.framing = Framing::Chunked(Chunk::Size);
-                    }
-                    Some(b'\r') => match buf.get(1) {
-                        None => return Ok(Step::NeedMore),
-                        Some(b'\n') => {
-                            buf.advance(2);
-                            self.framing = Framing::Chunked(Chunk::Size);
-                        }
-                        Some(_) => return Err(bad_chunk("chunk data not followed by CRLF")),
-                    },
-                    Some(_) => return Err(bad_chunk("chunk data longer than its size")),
-                },
-                Framing::Chunked(Chunk::Trailer) => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Step::NeedMore);
-                    };
-                    if line.is_empty() {
-                        return Ok(Step::End);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Take one line (without its CRLF or LF) off the front of `buf`.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_LINE {
-            return Err(bad_chunk("chunk line too long"));
-        }
-        return Ok(None);
-    };
-    let mut line = buf.split_to(end + 1);
-    line.truncate(end);
-    if line.last() == Some(&b'\r') {
-        line.truncate(end - 1);
-    }
-    Ok(Some(line.freeze()))
-}
-
-/// The size of a chunk-size line: hex digits, then optionally extensions
-/// (ignored) after `;`.
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
-    // Leading zeros are allowed; 15 significant hex digits stay below
-    // u64::MAX, and nobody sends a bigger chunk.
-    if digits == 0 || digits - zeros > 15 {
-        return Err(bad_chunk("invalid chunk size"));
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
-        return Err(bad_chunk("invalid chunk size"));
-    }
-    if digits == zeros {
-        return Ok(0);
-    }
-    let hex =
-        std::str::from_utf8(&line[zeros..digits]).map_err(|_| bad_chunk("invalid chunk size"))?;
-    u64::from_str_radix(hex, 16).map_err(|_| bad_chunk("invalid chunk size"))
-}
-
-fn bad_chunk(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::body::MAX_LINE;
     use futures_util::StreamExt;
     use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
 
@@ -702,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_or_missing_head_is_refused() {
-        let huge = format!("{SSE_HEAD}x-pad: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let huge = format!("{SSE_HEAD}x-pad: {}\r\n\r\n", "a".repeat(MAX_RESPONSE_HEAD));
         assert!(
             run(huge.as_bytes(), 4096)
                 .await

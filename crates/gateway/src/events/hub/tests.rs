@@ -10,8 +10,10 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::body::BoxError;
-use crate::translate::Rules;
-use crate::upstream::{ByteStream, ConnectError, ConnectRequest, Connector, UpstreamSettings};
+use crate::config::UpstreamConfig;
+use crate::upstream::connector::{ByteStream, ConnectError, ConnectRequest, Connector};
+use crate::upstream::translate::Rules;
+use std::time::Duration;
 
 type Tx = mpsc::UnboundedSender<Result<Bytes, BoxError>>;
 
@@ -80,13 +82,14 @@ impl Connector for Conn {
     }
 }
 
-fn settings() -> UpstreamSettings {
-    UpstreamSettings {
+fn settings() -> UpstreamConfig {
+    UpstreamConfig {
         idle_timeout: Duration::from_secs(45),
         backoff_min: Duration::from_millis(250),
         backoff_max: Duration::from_secs(30),
         backoff_reset_after: Duration::from_secs(60),
         max_event_bytes: 64 * 1024,
+        ..UpstreamConfig::default()
     }
 }
 
@@ -98,12 +101,13 @@ fn hub_with(script: &Arc<Script>, grace: Duration) -> Hub {
         None,
     );
     Hub::new(
-        HubSettings {
+        HubConfig {
             grace,
             ring_size: 64,
-            broadcast_buffer: 64,
+            max_lag_frames: 64,
             max_tabs_per_user: 64,
             max_total_tabs: 100,
+            ..HubConfig::default()
         },
         upstream,
     )
@@ -120,7 +124,7 @@ fn send(tx: &Tx, text: &str) {
     let _ = tx.send(Ok(Bytes::from(text.to_string())));
 }
 
-fn event_names(rx: &mut crate::channel::Follower) -> Vec<String> {
+fn event_names(rx: &mut crate::events::channel::Follower) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
         let text = String::from_utf8_lossy(&f.bytes).to_string();
@@ -470,12 +474,13 @@ async fn reconnect_storm_is_paced_across_users() {
     )
     .with_connect_rate(RATE);
     let hub = Hub::new(
-        HubSettings {
+        HubConfig {
             grace: GRACE,
             ring_size: 8,
-            broadcast_buffer: 8,
+            max_lag_frames: 8,
             max_tabs_per_user: 1,
             max_total_tabs: USERS,
+            ..HubConfig::default()
         },
         upstream,
     );
@@ -538,12 +543,13 @@ async fn upstream_resync_survives_rules_without_it() {
         None,
     );
     let hub = Hub::new(
-        HubSettings {
+        HubConfig {
             grace: GRACE,
             ring_size: 8,
-            broadcast_buffer: 8,
+            max_lag_frames: 8,
             max_tabs_per_user: 4,
             max_total_tabs: 4,
+            ..HubConfig::default()
         },
         upstream,
     );

@@ -14,10 +14,10 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, BoxError};
-use crate::channel::{Attach, Follower, RecvError};
-use crate::hub::Subscription;
+use crate::events::channel::{Attach, Follower, MAX_BATCH, RecvError};
+use crate::events::hub::Subscription;
 use crate::metrics::{Metrics, ResyncCause};
-use crate::translate;
+use crate::trigger;
 use crate::watermark::TabMarkGuard;
 
 /// How a tab stream behaves.
@@ -38,11 +38,6 @@ fn keepalive_frame() -> Bytes {
         .clone()
 }
 
-/// Most frames a tab takes from its channel per wake-up. They are handed to
-/// hyper back to back, which writes them with one `writev`; the bound keeps
-/// one tab from holding the channel's lock for long.
-const MAX_BATCH: usize = 64;
-
 /// The `resync` sent to a tab that fell behind the channel's ring. It has no
 /// id: the tab's `Last-Event-ID` keeps pointing at the last trigger it did
 /// get, so a reconnect replays from there or resyncs again — never skips.
@@ -50,7 +45,7 @@ fn lag_resync_frame() -> Bytes {
     static FRAME: OnceLock<Bytes> = OnceLock::new();
     FRAME
         .get_or_init(|| {
-            ssemux_sse::encode_event(None, Some(translate::RESYNC), "1").unwrap_or_default()
+            ssemux_sse::encode_event(None, Some(trigger::RESYNC), "1").unwrap_or_default()
         })
         .clone()
 }
@@ -82,7 +77,10 @@ pub fn stream(
     let mut pending = VecDeque::with_capacity(attach.replay.len() + 2);
     pending.push_back(ssemux_sse::encode_retry(settings.retry_ms));
     pending.extend(attach.position);
-    pending.extend(attach.resync);
+    if let Some((frame, cause)) = attach.resync {
+        settings.metrics.resync(cause);
+        pending.push_back(frame);
+    }
     settings
         .metrics
         .triggers_delivered(attach.replay.len() as u64);

@@ -24,71 +24,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
+use crate::backend::{BackendClient, BackendUrl};
 use crate::body::{self, Body, BoxError};
-use crate::client::BackendClient;
-
-/// Default for [`ProxyConfig::max_request_body`]: 10 MiB.
-pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 * 1024 * 1024;
-
-/// Default for [`ProxyConfig::response_timeout`]: 30 s.
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where and how to forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// Base URI of the backend: `http://` or `https://`, an authority, and
-    /// optionally a path prefix that is put in front of every request path
-    /// (`https://chat.internal/app` + `/x?y` → `https://chat.internal/app/x?y`).
-    pub backend: Uri,
-    /// Largest request body forwarded. A declared larger `Content-Length` is
-    /// answered `413` without contacting the backend; a body that streams past
-    /// the limit is cut (the backend sees an aborted request).
-    pub max_request_body: u64,
-    /// Longest the backend may stay silent before its response head: counted
-    /// from the last request body bytes it accepted, so a slow but moving
-    /// upload is not cut. Exceeded → `504`.
-    pub response_timeout: Duration,
-}
-
-impl ProxyConfig {
-    /// A configuration for `backend` with the default limits.
-    pub fn new(backend: Uri) -> Self {
-        ProxyConfig {
-            backend,
-            max_request_body: DEFAULT_MAX_REQUEST_BODY,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-        }
-    }
-
-    /// Check the backend URI. A [`Proxy`] built from an invalid configuration
-    /// answers every request with `502`; call this at startup to fail early.
-    pub fn validate(&self) -> Result<(), ProxyConfigError> {
-        Target::from_base(&self.backend).map(drop)
-    }
-}
-
-/// A backend base URI the proxy cannot use.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyConfigError {
-    /// Neither `http` nor `https`.
-    #[error("backend URI {0:?} must start with http:// or https://")]
-    Scheme(String),
-    /// No host.
-    #[error("backend URI {0:?} has no host")]
-    NoAuthority(String),
-    /// `user:pass@` would end up in the `Host` header.
-    #[error("backend URI {0:?} must not contain credentials")]
-    Userinfo(String),
-    /// A query cannot be combined with every request's own query.
-    #[error("backend URI {0:?} must not have a query")]
-    Query(String),
-}
+use crate::config::ProxyConfig;
 
 /// A request body that streamed past [`ProxyConfig::max_request_body`]. Found
 /// again in the client's error chain to answer `413` instead of `502`.
@@ -106,79 +50,32 @@ pub struct Proxy {
 }
 
 struct Inner {
-    target: Result<Target, ProxyConfigError>,
+    target: BackendUrl,
     client: BackendClient,
     max_request_body: u64,
     response_timeout: Duration,
 }
 
-/// The backend base URI, split once.
-#[derive(Debug)]
-struct Target {
-    scheme: Scheme,
-    authority: Authority,
-    host: HeaderValue,
-    /// Path prefix without a trailing `/`; empty for none.
-    prefix: String,
-}
-
-impl Target {
-    fn from_base(uri: &Uri) -> Result<Target, ProxyConfigError> {
-        let shown = || uri.to_string();
-        let scheme = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
-            _ => return Err(ProxyConfigError::Scheme(shown())),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ProxyConfigError::NoAuthority(shown()))?
-            .clone();
-        if authority.as_str().contains('@') {
-            return Err(ProxyConfigError::Userinfo(shown()));
-        }
-        if uri.query().is_some() {
-            return Err(ProxyConfigError::Query(shown()));
-        }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ProxyConfigError::NoAuthority(shown()))?;
-        Ok(Target {
-            scheme,
-            authority,
-            host,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    /// The backend URI for a request target. Only the path and query of the
-    /// client's target are used, so the authority is always the backend's.
-    fn uri_for(&self, client_target: &Uri) -> Result<Uri, Reject> {
-        let pq = client_target
-            .path_and_query()
-            .map_or("/", PathAndQuery::as_str);
-        let pq = if pq.starts_with('/') {
-            format!("{}{pq}", self.prefix)
-        } else {
-            format!("{}/{pq}", self.prefix)
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Reject::Target)
-    }
+/// The backend URI for a request target. Only the path and query of the
+/// client's target are used, so the authority is always the backend's.
+fn backend_uri(target: &BackendUrl, client_target: &Uri) -> Result<Uri, Reject> {
+    let pq = client_target
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str);
+    let joined = if pq.starts_with('/') {
+        target.join(pq)
+    } else {
+        target.join(&format!("/{pq}"))
+    };
+    joined.map_err(|_| Reject::Target)
 }
 
 impl Proxy {
-    /// A proxy to `cfg.backend` through `client`.
-    pub fn new(cfg: ProxyConfig, client: BackendClient) -> Self {
-        let target = Target::from_base(&cfg.backend);
-        if let Err(e) = &target {
-            tracing::error!(error = %e, "proxy backend misconfigured; every proxied request will get 502");
-        }
+    /// A proxy to `backend` through `client`, limited by `cfg` (`[proxy]`).
+    pub fn new(backend: BackendUrl, cfg: &ProxyConfig, client: BackendClient) -> Self {
         Proxy {
             inner: Arc::new(Inner {
-                target,
+                target: backend,
                 client,
                 max_request_body: cfg.max_request_body,
                 response_timeout: cfg.response_timeout,
@@ -203,10 +100,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let inner = &*self.inner;
-        let target = match &inner.target {
-            Ok(t) => t,
-            Err(_) => return body::text(StatusCode::BAD_GATEWAY, "bad gateway: no backend"),
-        };
+        let target = &inner.target;
         let (mut parts, incoming) = req.into_parts();
         if let Err(reject) = prepare_request(
             &mut parts,
@@ -374,7 +268,7 @@ impl Failure {
 /// is unit-testable without sockets.
 fn prepare_request(
     parts: &mut Parts,
-    target: &Target,
+    target: &BackendUrl,
     client_addr: SocketAddr,
     scheme: &str,
     max_body: u64,
@@ -420,7 +314,7 @@ fn prepare_request(
             .or(host)
     };
 
-    parts.uri = target.uri_for(&parts.uri)?;
+    parts.uri = backend_uri(target, &parts.uri)?;
     // A fresh hop: hyper's client picks h1 or h2 by ALPN and frames the body.
     parts.version = Version::HTTP_11;
     // Server-side extensions (upgrade handles, h2 :protocol) stay on this hop.
@@ -677,8 +571,8 @@ mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    fn target(base: &'static str) -> Target {
-        match Target::from_base(&Uri::from_static(base)) {
+    fn target(base: &'static str) -> BackendUrl {
+        match BackendUrl::parse(base) {
             Ok(t) => t,
             Err(e) => panic!("{e}"),
         }
@@ -905,17 +799,16 @@ mod tests {
             ("http://user:pw@x", false),
             ("http://x/?q=1", false),
         ] {
-            let cfg = ProxyConfig::new(base.parse().unwrap_or_default());
-            assert_eq!(cfg.validate().is_ok(), ok, "{base}");
+            assert_eq!(BackendUrl::parse(base).is_ok(), ok, "{base}");
         }
         let t = target("https://chat.internal");
         assert_eq!(
-            t.uri_for(&Uri::from_static("/a?b")).ok(),
+            backend_uri(&t, &Uri::from_static("/a?b")).ok(),
             Some(Uri::from_static("https://chat.internal/a?b"))
         );
         // A path that looks like an authority stays a path on the backend.
         assert_eq!(
-            t.uri_for(&Uri::from_static("//evil.example/x"))
+            backend_uri(&t, &Uri::from_static("//evil.example/x"))
                 .map(|u| u.host().map(str::to_owned)),
             Ok(Some("chat.internal".to_owned()))
         );

@@ -1,0 +1,270 @@
+//! Accepting connections: the one accept loop (the main listener and the
+//! admin listener both run it), the TLS handshake, the write deadline, and
+//! the choice between the lean tab connection and hyper for each connection.
+//! It never looks at a request beyond that choice and never holds a lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Gateway;
+use super::client_ip::client_ip;
+use super::deadline::WriteDeadline;
+use super::router::{request_span, tag_request_id};
+use crate::body;
+use crate::events::tab_conn::{self, Sniffed};
+use crate::metrics::Metrics;
+
+/// How long accepting pauses after a failed accept (EMFILE and friends).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accept on `listener` until `stop`, handing each connection to `serve` in
+/// a task of its own. A failed accept is logged and retried after a short
+/// pause: the listener keeps serving.
+async fn accept_loop<F, Fut>(listener: &TcpListener, stop: &CancellationToken, what: &str, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+/// How a client connection ended, logged and counted the same way whoever
+/// served it.
+fn connection_ended(metrics: &Metrics, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    if is_write_stall(e) {
+        metrics.slow_tab_cut();
+        tracing::info!(%peer, "connection cut: peer stopped reading");
+    } else {
+        tracing::debug!(error = %e, "connection ended with error");
+    }
+}
+
+/// Whether a connection error is the write deadline cutting a stalled peer.
+fn is_write_stall(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl Gateway {
+    /// Serve on `listener` until the shutdown token is cancelled, then stop
+    /// accepting, end tab streams and let in-flight requests finish for at
+    /// most the drain timeout.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.cfg.server.header_read_timeout);
+        // Shared, not cloned per connection: every tab's task holds it.
+        let builder = Arc::new(builder);
+        // The admin listener outlives the drain so /readyz can say 503.
+        let admin_stop = CancellationToken::new();
+        if let Some(addr) = self.cfg.admin.listen {
+            let admin = TcpListener::bind(addr).await?;
+            tokio::spawn(self.clone().serve_admin(admin, admin_stop.clone()));
+        }
+        self.listening.store(true, Ordering::Release);
+        let shutdown = self.shutdown_token();
+        accept_loop(&listener, &shutdown, "main", |stream, peer| {
+            let (gw, builder, watcher) = (self.clone(), builder.clone(), graceful.watcher());
+            async move { gw.accepted(stream, peer, &builder, watcher).await }
+        })
+        .await;
+        drop(listener);
+        self.hub().shutdown();
+        let drain = self.cfg.server.drain_timeout;
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?drain, "drain timeout passed with requests still open");
+        }
+        admin_stop.cancel();
+        Ok(())
+    }
+
+    /// One accepted connection: the write deadline, then TLS if configured.
+    /// The handshake runs in the connection's task so a slow client cannot
+    /// hold up accepting; it gets the same deadline as a request head.
+    async fn accepted(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let io = WriteDeadline::new(stream, self.cfg.server.write_timeout);
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve_conn(builder, watcher, io, peer).await;
+        };
+        let limit = self.cfg.server.header_read_timeout;
+        match tokio::time::timeout(limit, Box::pin(acceptor.accept(io))).await {
+            Ok(Ok(tls)) => self.serve_conn(builder, watcher, tls, peer).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+            Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+        }
+    }
+
+    /// Serve one connection (plain or TLS) until it ends: a connection that
+    /// starts with the events request is a tab connection (see
+    /// [`tab_conn`]), every other one is hyper's. Holding `watcher` makes
+    /// the drain wait for this connection.
+    async fn serve_conn<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // This task lives as long as the tab, and a future is as big as its
+        // biggest step: the steps before the stream (sniffing, auth,
+        // subscribe, or a whole hyper connection) run boxed, so an idle tab
+        // holds only what streaming needs.
+        let opened = Box::pin(self.open_conn(builder, watcher, io, peer)).await;
+        let Some((mut io, resp, span, watcher)) = opened else {
+            return;
+        };
+        if let Err(e) = tab_conn::respond(&mut io, resp).instrument(span).await {
+            connection_ended(&self.metrics, peer, &e);
+        }
+        drop(watcher);
+    }
+
+    /// The start of a connection: an events request gets its response (to
+    /// stream), anything else is served by hyper here to the end (`None`).
+    async fn open_conn<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) -> Option<(I, http::Response<body::Body>, tracing::Span, Watcher)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shutdown = self.shutdown_token();
+        let head_timeout = self.cfg.server.header_read_timeout;
+        let sniffed = tokio::select! {
+            // An idle connection must not hold up the drain.
+            _ = shutdown.cancelled() => return None,
+            s = tab_conn::sniff(io, &self.cfg.events_path, head_timeout) => s,
+        };
+        let (mut io, req) = match sniffed {
+            Sniffed::Gone => return None,
+            Sniffed::Other(io) => {
+                self.serve_hyper(builder, watcher, TokioIo::new(io), peer)
+                    .await;
+                return None;
+            }
+            Sniffed::Events(io, req) => (io, req),
+        };
+        let (rid, span) = request_span(&req);
+        let client = client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
+        // Auth and the first tab's wait for its upstream take time; a client
+        // that leaves meanwhile lets go of its subscription at once, not
+        // when its answer is ready.
+        let events = self.events.serve(req, client).instrument(span.clone());
+        tokio::pin!(events);
+        let mut unsolicited = 0usize;
+        let mut resp = tokio::select! {
+            resp = &mut events => resp,
+            // Gone, failed or flooding: nothing to answer.
+            _ = tab_conn::until_peer_gone(&mut io, &mut unsolicited) => return None,
+        };
+        tag_request_id(&mut resp, &rid);
+        Some((io, resp, span, watcher))
+    }
+
+    /// Serve a connection with hyper until it ends. Every request runs in a
+    /// span carrying its request id, so each log line of the request names
+    /// it.
+    async fn serve_hyper<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+        io: I,
+        peer: SocketAddr,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let gw = self.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let gw = gw.clone();
+            let (rid, span) = request_span(&req);
+            async move {
+                let mut resp = gw.handle(req, peer).await;
+                tag_request_id(&mut resp, &rid);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+            .instrument(span)
+        });
+        let conn = builder.serve_connection(io, svc).into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            connection_ended(&self.metrics, peer, &*e);
+        }
+    }
+
+    /// The separate admin listener: metrics, liveness, readiness only.
+    async fn serve_admin(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let head_timeout = self.cfg.server.header_read_timeout;
+        accept_loop(&listener, &stop, "admin", |stream, _| {
+            let gw = self.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let gw = gw.clone();
+                async move {
+                    let resp = match gw.admin(req.uri().path()).await {
+                        Some(r) => r,
+                        None => body::text(http::StatusCode::NOT_FOUND, "not found"),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            async move {
+                let _ = conn.await;
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,235 @@
+//! Server: one gateway instance — the wiring of every part from the
+//! configuration, reload, and serving the listener until shutdown. It owns
+//! the connections (`accept`), the routing (`router`), the admin endpoints
+//! (`admin`), TLS and the write deadline; it holds handles to every other
+//! part and no state of theirs.
+
+mod accept;
+mod admin;
+mod client_ip;
+pub mod deadline;
+mod router;
+pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio_util::sync::CancellationToken;
+
+use self::tls::TlsAcceptor;
+use crate::backend::{BackendClient, ClientConfig, backend_client};
+use crate::config::Config;
+use crate::events::Events;
+use crate::events::auth::Auth;
+use crate::events::hub::Hub;
+use crate::events::limit::ConnectLimiter;
+use crate::metrics::{Metrics, Sample};
+use crate::proxy::Proxy;
+use crate::upstream::connector::Connector;
+use crate::upstream::hyper_conn::HttpConnector;
+use crate::upstream::plain_conn::PlainConnector;
+use crate::upstream::{SharedRules, Upstream};
+use crate::watermark::Watermarks;
+use crate::watermark::read::ReadPath;
+
+/// A gateway that cannot be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The backend client could not be built (TLS roots, CA file).
+    #[error("backend client: {0}")]
+    Client(String),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] self::tls::TlsError),
+}
+
+/// What a configuration reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Sections applied to the running gateway.
+    pub applied: Vec<&'static str>,
+    /// Sections that differ from the running ones but only take effect on
+    /// restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// One running gateway: every part, wired.
+pub struct Gateway {
+    cfg: Config,
+    events: Events,
+    read: ReadPath,
+    proxy: Proxy,
+    metrics: Metrics,
+    /// The rules the upstream tasks translate with (swapped on reload).
+    rules: SharedRules,
+    /// The configuration last applied (startup, then reloads).
+    live: std::sync::Mutex<Config>,
+    tls: Option<TlsAcceptor>,
+    /// `https` with TLS, for X-Forwarded-Proto.
+    scheme: &'static str,
+    /// Set once [`Gateway::serve`] holds its listener.
+    listening: AtomicBool,
+    /// Used by the readiness probe.
+    client: BackendClient,
+}
+
+impl Gateway {
+    /// Build every part from the configuration.
+    pub fn new(cfg: Config) -> Result<Arc<Gateway>, GatewayError> {
+        cfg.validate()?;
+        let backend = cfg.backend()?;
+        let client: BackendClient = backend_client(&ClientConfig {
+            connect_timeout: cfg.upstream.connect_timeout,
+            extra_ca_pem: cfg.upstream.extra_ca_pem.clone(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| GatewayError::Client(e.to_string()))?;
+        let metrics = Metrics::new();
+        let watermarks = Watermarks::new(
+            client.clone(),
+            cfg.backend_url(&cfg.watermark.read_path)?,
+            &cfg.watermark,
+            metrics.clone(),
+        );
+        let events_url = cfg.backend_url(&cfg.upstream.events_path)?;
+        // Plain http: the lean per-user connection (plain_conn); https:
+        // the shared hyper client, where ALPN h2 multiplexes the users.
+        let connector: Arc<dyn Connector> = match PlainConnector::for_url(
+            &events_url,
+            cfg.upstream.connect_timeout,
+            cfg.upstream.response_timeout,
+        ) {
+            Some(plain) => Arc::new(plain),
+            None => Arc::new(HttpConnector::new(
+                client.clone(),
+                events_url,
+                cfg.upstream.response_timeout,
+            )),
+        };
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => Some(self::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let upstream = Upstream::new(
+            connector,
+            Arc::new(cfg.translate.clone()),
+            cfg.upstream.clone(),
+            Some(watermarks.clone()),
+        )
+        .with_metrics(metrics.clone())
+        .with_connect_rate(cfg.upstream.connects_per_second);
+        let rules = upstream.rules_handle();
+        let auth = Arc::new(Auth::new(
+            client.clone(),
+            cfg.backend_url(&cfg.auth.me_path)?,
+            cfg.auth.clone(),
+            metrics.clone(),
+        ));
+        let proxy = Proxy::new(backend, &cfg.proxy, client.clone());
+        let shutdown = CancellationToken::new();
+        let events = Events {
+            hub_cfg: cfg.hub.clone(),
+            auth: auth.clone(),
+            hub: Hub::new(cfg.hub.clone(), upstream),
+            connects: ConnectLimiter::new(cfg.server.events_connects_per_second),
+            watermarks: watermarks.clone(),
+            metrics: metrics.clone(),
+            shutdown,
+        };
+        let read = ReadPath {
+            auth,
+            proxy: proxy.clone(),
+            watermarks,
+        };
+        Ok(Arc::new(Gateway {
+            live: std::sync::Mutex::new(cfg.clone()),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
+            metrics,
+            rules,
+            listening: AtomicBool::new(false),
+            client,
+            cfg,
+            events,
+            read,
+            proxy,
+        }))
+    }
+
+    /// The hub (for tests and metrics).
+    pub fn hub(&self) -> &Hub {
+        &self.events.hub
+    }
+
+    /// The watermark state (for tests and metrics).
+    pub fn watermarks(&self) -> &Watermarks {
+        &self.events.watermarks
+    }
+
+    /// Cancel this token to shut the gateway down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.events.shutdown.clone()
+    }
+
+    /// This gateway's metrics handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition, with the hub's gauges sampled now.
+    pub fn metrics_text(&self) -> String {
+        let hub = self.hub();
+        self.metrics.render(Sample {
+            tabs: hub.total_tabs(),
+            channels: hub.channels(),
+            channels_in_grace: hub.channels_in_grace(),
+        })
+    }
+
+    /// Apply a new configuration to the running gateway: the translation
+    /// rules take effect for the next upstream event, the tab limits
+    /// (`hub.max_tabs_per_user`, `hub.max_total_tabs`) for the next tab; open
+    /// streams keep running. Sections that cannot change at run time are reported, not
+    /// applied. A configuration that does not validate changes nothing.
+    pub fn reload(&self, new: &Config) -> Result<Reloaded, crate::config::ConfigError> {
+        new.validate()?;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Reloaded::default();
+        if new.translate != live.translate {
+            self.rules.store(Arc::new(new.translate.clone()));
+            live.translate = new.translate.clone();
+            out.applied.push("translate");
+        }
+        if (new.hub.max_tabs_per_user, new.hub.max_total_tabs)
+            != (live.hub.max_tabs_per_user, live.hub.max_total_tabs)
+        {
+            self.hub()
+                .set_limits(new.hub.max_tabs_per_user, new.hub.max_total_tabs);
+            live.hub.max_tabs_per_user = new.hub.max_tabs_per_user;
+            live.hub.max_total_tabs = new.hub.max_total_tabs;
+            out.applied.push("hub limits");
+        }
+        let l = &*live;
+        for (section, same) in [
+            ("listen", new.listen == l.listen),
+            ("backend", new.backend == l.backend),
+            ("events_path", new.events_path == l.events_path),
+            ("auth", new.auth == l.auth),
+            ("upstream", new.upstream == l.upstream),
+            ("hub", new.hub == l.hub),
+            ("watermark", new.watermark == l.watermark),
+            ("proxy", new.proxy == l.proxy),
+            ("server", new.server == l.server),
+            ("tls", new.tls == l.tls),
+            ("admin", new.admin == l.admin),
+        ] {
+            if !same {
+                out.need_restart.push(section);
+            }
+        }
+        Ok(out)
+    }
+}
