@@ -565,10 +565,19 @@ mod tests {
         let a = ch.attach(Some("e1-2"));
         assert!(a.resync.is_none(), "2 is servable: 3.. are kept");
         assert_eq!(a.replay.len(), 4);
-        for bad in ["e1-1", "e0-5", "e1-7", "garbage", "e1-x"] {
+        // The attach says why: this epoch but not servable is a ring miss,
+        // anything else (another epoch, garbage) an epoch change.
+        for (bad, cause) in [
+            ("e1-1", ResyncCause::RingMiss),
+            ("e0-5", ResyncCause::Epoch),
+            ("e1-7", ResyncCause::RingMiss),
+            ("garbage", ResyncCause::Epoch),
+            ("e1-x", ResyncCause::RingMiss),
+        ] {
             let a = ch.attach(Some(bad));
             assert!(a.replay.is_empty(), "{bad}");
-            let (r, _) = a.resync.expect("resync");
+            let (r, why) = a.resync.expect("resync");
+            assert_eq!(why, cause, "{bad}");
             let text = String::from_utf8_lossy(&r).to_string();
             assert!(
                 text.contains("event: resync") && text.contains("id: e1-6"),

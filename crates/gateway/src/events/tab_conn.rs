@@ -2,8 +2,8 @@
 //! `GET <events path>` over HTTP/1.1 is served here instead of by hyper. It
 //! reads the request head once, and from then on holds no buffer of its own:
 //! the tab's frames go from the channel's shared bytes to the socket in one
-//! `writev` per batch. An idle tab then costs its socket, its task and its
-//! tab state — not hyper's two 8 KiB connection buffers.
+//! `writev` per batch (framing from [`crate::h1`]). An idle tab then costs
+//! its socket, its task and its tab state — not hyper's connection buffers.
 //!
 //! Anything else — another first request, HTTP/1.0, a request with a body,
 //! HTTP/2, a head it does not fully accept — goes to hyper untouched, with

@@ -1,11 +1,10 @@
-//! Upstream connection: the one long `GET <events path>` per user to a
-//! plain-http backend, spoken as HTTP/1.1 straight on the TCP socket. It owns
-//! the socket, the response head check and the body's de-framing (chunked,
-//! content-length, or until close). Between reads it holds no buffer (reads
-//! land on the stack and leave as the data they carry), so an idle user's
-//! upstream costs its socket and a few hundred bytes, where a pooled hyper
-//! client connection costs ~25 KiB (its dispatch channel, two 8 KiB buffers
-//! and a task of its own) — multiplied by every user.
+//! The plain connector: the one long `GET <events path>` per user to a
+//! plain-http backend, spoken as HTTP/1.1 straight on the TCP socket (framing
+//! from [`crate::h1`]). It owns the socket, the response head check and the
+//! body stream. Between reads it holds no buffer (reads land on the stack and
+//! leave as the data they carry), so an idle user's upstream costs its socket
+//! and a few hundred bytes instead of a pooled client connection's buffers,
+//! dispatch channel and task — multiplied by every user.
 //!
 //! An https backend keeps the hyper client ([`super::hyper_conn::HttpConnector`]):
 //! TLS buffers dwarf the saving, and ALPN h2 lets all users' streams share
