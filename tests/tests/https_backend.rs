@@ -354,7 +354,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 /// The whole scenario against nginx with or without h2; panics listing
 /// everything that went wrong.
-async fn forty_users_and_proxied_requests(h2: bool) {
+async fn forty_users_and_proxied_requests(h2: bool, extra: &[&str]) {
     let backend = MockBackend::start(([127, 0, 0, 1], 0).into())
         .await
         .expect("mock backend");
@@ -369,6 +369,14 @@ async fn forty_users_and_proxied_requests(h2: bool) {
             &ca,
             // Every tab connects from 127.0.0.1.
             "server.events_connects_per_second=0",
+            extra
+                .first()
+                .copied()
+                .unwrap_or("upstream.http_version=auto"),
+            extra
+                .get(1)
+                .copied()
+                .unwrap_or("upstream.h2_streams_per_connection=100"),
             // Keep a request queued behind the streams within PROXY_WAIT.
             "proxy.response_timeout=10s",
         ],
@@ -501,10 +509,24 @@ async fn forty_users_and_proxied_requests(h2: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_backend_with_8_streams_serves_40_users_and_proxied_requests() {
-    forty_users_and_proxied_requests(true).await;
+    forty_users_and_proxied_requests(true, &[]).await;
+}
+
+/// The users' streams over h2 on purpose: as many connections as the
+/// backend's stream limit requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_h2_upstreams_spread_over_connections_within_the_stream_limit() {
+    forty_users_and_proxied_requests(
+        true,
+        &[
+            "upstream.http_version=http2",
+            "upstream.h2_streams_per_connection=8",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_tls_backend_serves_40_users_and_proxied_requests() {
-    forty_users_and_proxied_requests(false).await;
+    forty_users_and_proxied_requests(false, &[]).await;
 }

@@ -32,8 +32,6 @@ use crate::body::Body;
 pub struct BackendUrl {
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
-    /// The authority as a `Host` header value.
-    pub(crate) host: HeaderValue,
     /// Path prefix without a trailing `/`; empty for none.
     pub(crate) prefix: String,
 }
@@ -59,12 +57,12 @@ impl BackendUrl {
         if uri.query().is_some() {
             return Err("must not have a ?query".into());
         }
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| "has a host that is not a valid header value".to_string())?;
+        if HeaderValue::from_str(authority.as_str()).is_err() {
+            return Err("has a host that is not a valid header value".into());
+        }
         Ok(BackendUrl {
             scheme,
             authority,
-            host,
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -109,6 +107,9 @@ pub struct ClientConfig {
     /// logging in after a restart) opens many connections at once; without a
     /// cap each stays, with its buffers, until the idle timeout.
     pub pool_max_idle: usize,
+    /// Speak h2 only (ALPN `h2` over TLS, prior knowledge over plain http):
+    /// the upstream streams' own clients with `upstream.http_version = "http2"`.
+    pub http2_only: bool,
 }
 
 impl Default for ClientConfig {
@@ -118,6 +119,7 @@ impl Default for ClientConfig {
             extra_ca_pem: None,
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 64,
+            http2_only: false,
         }
     }
 }
@@ -158,10 +160,42 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Build the backend client described by `cfg`.
 pub fn backend_client(cfg: &ClientConfig) -> Result<BackendClient, ClientError> {
+    let tls = tls_config(cfg.extra_ca_pem.as_deref())?;
+    let mut http = HttpConnector::new();
+    // The https wrapper hands https URIs to this connector too.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let https = if cfg.http2_only {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.enable_all_versions().wrap_connector(http)
+    };
+
+    Ok(Client::builder(TokioExecutor::new())
+        .http2_only(cfg.http2_only)
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle)
+        // Without a pool timer the idle timeout is never enforced.
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
+/// The TLS client configuration every connection to the backend uses: ring,
+/// safe protocol versions, and as trust roots the CA file if one is given
+/// (instead of the platform's), else the platform's. No ALPN: each client
+/// sets its own.
+pub fn tls_config(extra_ca_pem: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?;
-    let tls = match &cfg.extra_ca_pem {
+    Ok(match extra_ca_pem {
         Some(path) => builder
             .with_root_certificates(load_ca_file(path)?)
             .with_no_client_auth(),
@@ -177,28 +211,7 @@ pub fn backend_client(cfg: &ClientConfig) -> Result<BackendClient, ClientError> 
                     .with_no_client_auth()
             }
         },
-    };
-
-    let mut http = HttpConnector::new();
-    // The https wrapper hands https URIs to this connector too.
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(TCP_KEEPALIVE));
-
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        // Without a pool timer the idle timeout is never enforced.
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    })
 }
 
 fn load_ca_file(path: &Path) -> Result<RootCertStore, ClientError> {

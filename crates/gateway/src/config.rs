@@ -266,6 +266,31 @@ pub struct UpstreamConfig {
     /// user's stream at once; this is the rate at which they come back.
     /// `0` = unlimited.
     pub connects_per_second: u32,
+    /// How the per-user streams reach the backend: `auto` and `http1` open
+    /// one HTTP/1.1 connection per user (TLS for an https backend), which no
+    /// backend stream limit can starve; `http2` multiplexes them over h2
+    /// connections, at most `h2_streams_per_connection` streams each.
+    /// Proxied requests and identity calls have a pool of their own either way.
+    pub http_version: HttpVersion,
+    /// With `http_version = "http2"`: streams per h2 connection before another
+    /// connection is opened. Keep it at or below the backend's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` (nginx 128, Go 250, many load
+    /// balancers 100).
+    pub h2_streams_per_connection: usize,
+}
+
+/// `upstream.http_version`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// HTTP/1.1, one connection per user (measured cheapest per user).
+    #[default]
+    Auto,
+    /// HTTP/1.1, one connection per user.
+    Http1,
+    /// h2 (ALPN, or prior knowledge to an http backend), several users'
+    /// streams per connection.
+    Http2,
 }
 
 impl Default for UpstreamConfig {
@@ -281,6 +306,8 @@ impl Default for UpstreamConfig {
             response_timeout: Duration::from_secs(15),
             extra_ca_pem: None,
             connects_per_second: 1500,
+            http_version: HttpVersion::Auto,
+            h2_streams_per_connection: 100,
         }
     }
 }
@@ -534,6 +561,9 @@ impl Config {
         }
         if self.upstream.idle_timeout.is_zero() {
             return bad("upstream.idle_timeout", "must be more than 0");
+        }
+        if self.upstream.h2_streams_per_connection == 0 {
+            return bad("upstream.h2_streams_per_connection", "must be at least 1");
         }
         if self.upstream.max_event_bytes < 64 {
             return bad("upstream.max_event_bytes", "must be at least 64");

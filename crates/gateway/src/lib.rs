@@ -27,8 +27,8 @@ mod watermark;
 
 pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
 pub use config::{
-    AdminConfig, AuthConfig, Config, ConfigError, HubConfig, ProxyConfig, ServerConfig, TlsConfig,
-    UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
+    AdminConfig, AuthConfig, Config, ConfigError, HttpVersion, HubConfig, ProxyConfig,
+    ServerConfig, TlsConfig, UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
 };
 pub use events::auth::{AuthError, Identity, MAX_COOKIE_BYTES, cookie_header, cookie_value};
 pub use events::channel::{Attach, Channel, Follower, RecvError, TryRecvError};

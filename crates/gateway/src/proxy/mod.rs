@@ -343,7 +343,11 @@ fn prepare_request(
             headers.remove(X_FORWARDED_HOST);
         }
     }
-    headers.insert(header::HOST, target.host.clone());
+    // The authority travels in the URI only: the client writes `Host` from
+    // it on an HTTP/1.1 connection and `:authority` on h2. A `Host` header
+    // here as well would reach an h2 backend twice (nginx: "duplicate host
+    // header", 400).
+    headers.remove(header::HOST);
     Ok(())
 }
 
@@ -612,7 +616,8 @@ mod tests {
         );
         assert_eq!(prepare(&mut p), Ok(()));
         assert_eq!(p.uri, "http://backend:8081/base/x/y?q=1");
-        assert_eq!(p.headers["host"], "backend:8081");
+        // Only in the URI: the client writes Host (h1) or :authority (h2).
+        assert!(!p.headers.contains_key("host"));
         assert_eq!(p.headers["x-forwarded-host"], "front.example");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
         assert_eq!(
@@ -756,7 +761,7 @@ mod tests {
         assert_eq!(prepare(&mut p), Ok(()));
         assert_eq!(p.uri, "http://backend:8081/base/x");
         assert_eq!(p.headers["x-forwarded-host"], "front.example");
-        assert_eq!(p.headers["host"], "backend:8081");
+        assert!(!p.headers.contains_key("host"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::tls::TlsAcceptor;
 use crate::backend::{BackendClient, ClientConfig, backend_client};
-use crate::config::Config;
+use crate::config::{Config, HttpVersion};
 use crate::events::Events;
 use crate::events::auth::Auth;
 use crate::events::hub::Hub;
@@ -26,8 +26,8 @@ use crate::events::limit::ConnectLimiter;
 use crate::metrics::{Metrics, Sample};
 use crate::proxy::Proxy;
 use crate::upstream::connector::Connector;
-use crate::upstream::hyper_conn::HttpConnector;
-use crate::upstream::plain_conn::PlainConnector;
+use crate::upstream::h1_conn::H1Connector;
+use crate::upstream::h2_conn::H2Connector;
 use crate::upstream::{SharedRules, Upstream};
 use crate::watermark::Watermarks;
 use crate::watermark::read::ReadPath;
@@ -81,12 +81,15 @@ impl Gateway {
     pub fn new(cfg: Config) -> Result<Arc<Gateway>, GatewayError> {
         cfg.validate()?;
         let backend = cfg.backend()?;
-        let client: BackendClient = backend_client(&ClientConfig {
+        let client_cfg = ClientConfig {
             connect_timeout: cfg.upstream.connect_timeout,
             extra_ca_pem: cfg.upstream.extra_ca_pem.clone(),
             ..ClientConfig::default()
-        })
-        .map_err(|e| GatewayError::Client(e.to_string()))?;
+        };
+        // Proxied requests, identity calls and watermark posts: one pool.
+        // The users' streams never share it (see `upstream_connector`).
+        let client: BackendClient =
+            backend_client(&client_cfg).map_err(|e| GatewayError::Client(e.to_string()))?;
         let metrics = Metrics::new();
         let watermarks = Watermarks::new(
             client.clone(),
@@ -94,21 +97,7 @@ impl Gateway {
             &cfg.watermark,
             metrics.clone(),
         );
-        let events_url = cfg.backend_url(&cfg.upstream.events_path)?;
-        // Plain http: the lean per-user connection (plain_conn); https:
-        // the shared hyper client, where ALPN h2 multiplexes the users.
-        let connector: Arc<dyn Connector> = match PlainConnector::for_url(
-            &events_url,
-            cfg.upstream.connect_timeout,
-            cfg.upstream.response_timeout,
-        ) {
-            Some(plain) => Arc::new(plain),
-            None => Arc::new(HttpConnector::new(
-                client.clone(),
-                events_url,
-                cfg.upstream.response_timeout,
-            )),
-        };
+        let connector = upstream_connector(&cfg, &client_cfg)?;
         let tls = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(cert), Some(key)) => Some(self::tls::acceptor(cert, key)?),
             _ => None,
@@ -232,4 +221,37 @@ impl Gateway {
         }
         Ok(out)
     }
+}
+
+/// How the users' streams reach the backend (`upstream.http_version`):
+/// HTTP/1.1, a connection per user, plain or TLS (`auto`, `http1`); or h2
+/// connections of their own, `upstream.h2_streams_per_connection` streams
+/// each (`http2`). Either way a backend's stream limit cannot starve a user,
+/// and proxied requests never queue behind the streams.
+fn upstream_connector(
+    cfg: &Config,
+    client_cfg: &ClientConfig,
+) -> Result<Arc<dyn Connector>, GatewayError> {
+    let url = cfg.backend_url(&cfg.upstream.events_path)?;
+    let u = &cfg.upstream;
+    if u.http_version == HttpVersion::Http2 {
+        let h2 = H2Connector::new(
+            client_cfg,
+            url,
+            u.response_timeout,
+            u.h2_streams_per_connection,
+        )
+        .map_err(|e| GatewayError::Client(e.to_string()))?;
+        return Ok(Arc::new(h2));
+    }
+    let tls = match url.scheme_str() {
+        Some("https") => Some(
+            crate::backend::tls_config(u.extra_ca_pem.as_deref())
+                .map_err(|e| GatewayError::Client(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    H1Connector::new(&url, tls, u.connect_timeout, u.response_timeout)
+        .map(|c| Arc::new(c) as Arc<dyn Connector>)
+        .ok_or_else(|| GatewayError::Client(format!("cannot stream from {url}")))
 }

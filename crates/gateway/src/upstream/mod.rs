@@ -6,9 +6,9 @@
 
 pub mod backoff;
 pub mod connector;
-pub mod hyper_conn;
+pub mod h1_conn;
+pub mod h2_conn;
 pub mod pacer;
-pub mod plain_conn;
 pub mod translate;
 
 use std::sync::Arc;

@@ -1,16 +1,17 @@
-//! The plain connector: the one long `GET <events path>` per user to a
-//! plain-http backend, spoken as HTTP/1.1 straight on the TCP socket (framing
+//! The HTTP/1.1 connector: the one long `GET <events path>` per user,
+//! spoken as HTTP/1.1 straight on the socket (framing
 //! from [`crate::h1`]). It owns the socket, the response head check and the
 //! body stream. Between reads it holds no buffer (reads land on the stack and
 //! leave as the data they carry), so an idle user's upstream costs its socket
 //! and a few hundred bytes instead of a pooled client connection's buffers,
 //! dispatch channel and task — multiplied by every user.
 //!
-//! An https backend keeps the hyper client ([`super::hyper_conn::HttpConnector`]):
-//! TLS buffers dwarf the saving, and ALPN h2 lets all users' streams share
-//! one connection there. This module never sends a second request on a
-//! connection, never follows a redirect and never hands on a byte that is
-//! not body data.
+//! To an `https://` backend the same client runs over TLS (ALPN `http/1.1`),
+//! a connection per user: no backend stream limit can starve a user, and the
+//! pool proxied requests use stays free. (`upstream.http_version = "http2"`
+//! selects [`super::h2_conn`] instead.) This module never sends a second
+//! request on a connection, never follows a redirect and never hands on a
+//! byte that is not body data.
 
 use std::io;
 use std::pin::Pin;
@@ -22,9 +23,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::Stream;
 use http::{HeaderValue, StatusCode, Uri};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::connector::{
     ByteStream, ConnectError, ConnectRequest, Connector, check_content_type, check_status,
@@ -41,53 +44,73 @@ const READ_CHUNK: usize = 8192;
 const HEAD_CHUNK: usize = 1024;
 
 /// Where and how to open the stream; shared by every user's connect.
-#[derive(Debug)]
 struct Target {
     host: String,
     port: u16,
+    /// For an https backend: the TLS client (ALPN `http/1.1` only) and the
+    /// name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     // The request head up to (not including) the per-user headers.
     head: String,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
 
-/// Opens upstream streams to a plain-http backend with the lean client.
-#[derive(Clone, Debug)]
-pub struct PlainConnector {
+/// Opens upstream streams with the lean HTTP/1.1 client, one connection per
+/// user: plain TCP to an `http://` backend, TLS to an `https://` one.
+#[derive(Clone)]
+pub struct H1Connector {
     target: Arc<Target>,
 }
 
-impl PlainConnector {
-    /// A connector for `url` (the full events URL), or `None` when the URL
-    /// is not plain `http://` with a host (https goes to the hyper client).
-    pub fn for_url(
+impl H1Connector {
+    /// A connector for `url` (the full events URL). `tls` is the client
+    /// configuration for an `https://` URL (its ALPN is set to `http/1.1`
+    /// here). `None` when the URL has no usable host, carries userinfo, or
+    /// is https without `tls`.
+    pub fn new(
         url: &Uri,
+        tls: Option<rustls::ClientConfig>,
         connect_timeout: Duration,
         response_timeout: Duration,
-    ) -> Option<PlainConnector> {
-        if url.scheme_str() != Some("http") {
-            return None;
-        }
+    ) -> Option<H1Connector> {
+        let https = match url.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return None,
+        };
         let authority = url.authority()?;
         if authority.as_str().contains('@') {
             return None;
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         // `Uri` keeps the brackets of an IPv6 literal; connect wants them off.
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        let tls = match (https, tls) {
+            (false, _) => None,
+            (true, None) => return None,
+            (true, Some(mut cfg)) => {
+                // One request per connection, one endless response: h2 would
+                // only add framing.
+                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let name = ServerName::try_from(host.clone()).ok()?;
+                Some((TlsConnector::from(Arc::new(cfg)), name))
+            }
+        };
         let path = url.path_and_query().map_or("/", |p| p.as_str());
         let head = format!(
             "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n",
             authority.as_str()
         );
-        Some(PlainConnector {
+        Some(H1Connector {
             target: Arc::new(Target {
                 host,
                 port,
+                tls,
                 head,
                 connect_timeout,
                 response_timeout,
@@ -96,20 +119,30 @@ impl PlainConnector {
     }
 }
 
-impl Connector for PlainConnector {
+impl Connector for H1Connector {
     fn connect(&self, req: ConnectRequest) -> BoxFuture<'static, Result<ByteStream, ConnectError>> {
         let t = self.target.clone();
         Box::pin(async move {
+            let transport = |e: io::Error| ConnectError::Transport(e.to_string());
+            let timed_out = |_| ConnectError::Transport("connect timed out".into());
             let tcp = tokio::time::timeout(
                 t.connect_timeout,
                 TcpStream::connect((t.host.as_str(), t.port)),
             )
             .await
-            .map_err(|_| ConnectError::Transport("connect timed out".into()))?
-            .map_err(|e| ConnectError::Transport(e.to_string()))?;
+            .map_err(timed_out)?
+            .map_err(transport)?;
             // Small request, then a stream of small events: no batching.
             let _ = tcp.set_nodelay(true);
-            open(tcp, request_head(&t.head, &req), t.response_timeout).await
+            let head = request_head(&t.head, &req);
+            let Some((tls, name)) = &t.tls else {
+                return open(tcp, head, t.response_timeout).await;
+            };
+            let stream = tokio::time::timeout(t.connect_timeout, tls.connect(name.clone(), tcp))
+                .await
+                .map_err(timed_out)?
+                .map_err(transport)?;
+            open(stream, head, t.response_timeout).await
         })
     }
 }
@@ -298,9 +331,9 @@ mod tests {
         }
     }
 
-    fn connector(url: &str) -> PlainConnector {
+    fn connector(url: &str) -> H1Connector {
         let url: Uri = url.parse().expect("uri");
-        PlainConnector::for_url(&url, WAIT, WAIT).expect("plain http")
+        H1Connector::new(&url, None, WAIT, WAIT).expect("plain http")
     }
 
     /// Open over an in-memory pipe; the test plays the backend on `server`.
@@ -348,10 +381,20 @@ mod tests {
     const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
 
     #[test]
-    fn only_plain_http_urls_use_the_lean_client() {
-        let ok = |u: &str| PlainConnector::for_url(&u.parse().expect("uri"), WAIT, WAIT).is_some();
+    fn https_needs_a_tls_config_and_userinfo_is_refused() {
+        let ok = |u: &str| H1Connector::new(&u.parse().expect("uri"), None, WAIT, WAIT).is_some();
         assert!(ok("http://127.0.0.1:8081/api/v1/events"));
         assert!(!ok("https://backend/api/v1/events"));
+        let tls = crate::backend::tls_config(None).expect("tls config");
+        let https = H1Connector::new(
+            &"https://backend/e".parse().expect("uri"),
+            Some(tls),
+            WAIT,
+            WAIT,
+        )
+        .expect("https with tls");
+        assert_eq!(https.target.port, 443);
+        assert!(https.target.tls.is_some());
         assert!(!ok("http://user:pw@backend/api/v1/events"));
         let c = connector("http://[::1]:8081/api/v1/events?x=1");
         assert_eq!((c.target.host.as_str(), c.target.port), ("::1", 8081));
