@@ -59,7 +59,9 @@ fn example_holds_the_defaults_and_mentions_every_key() {
             section = s.to_string();
         } else if let Some((k, _)) = l.split_once(" = ") {
             let k = k.trim();
-            if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            if k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 seen.push(if section.is_empty() {
                     k.to_string()
                 } else {
