@@ -217,6 +217,21 @@ pub struct AuthConfig {
     /// Name of the backend's session cookie: its value keys a tab that sends
     /// no tab id.
     pub session_cookie: String,
+    /// What a `3xx` from `me_path` means: `logged-out` (a web framework
+    /// sending a logged-out browser to its login page: `401` to the tab, with
+    /// the redirect's `Location`) or `error` (`503`, like a backend fault).
+    pub redirect_means: RedirectMeans,
+}
+
+/// `auth.redirect_means`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedirectMeans {
+    /// Not logged in.
+    #[default]
+    LoggedOut,
+    /// A backend fault.
+    Error,
 }
 
 impl Default for AuthConfig {
@@ -229,6 +244,7 @@ impl Default for AuthConfig {
             timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             session_cookie: "session".into(),
+            redirect_means: RedirectMeans::LoggedOut,
         }
     }
 }

@@ -10,12 +10,14 @@
 //! - `proxy/`: every other request, forwarded to the backend;
 //! - `h1/`: the HTTP/1.1 pieces both lean paths share.
 //!
-//! Leaves used by all: `config`, `metrics`, `trigger`, `body`, `backend`.
+//! Leaves used by all: `config`, `metrics`, `trigger`, `cookie`, `body`,
+//! `backend`.
 //! Every module's top comment says why it exists and what it must never do.
 
 mod backend;
 pub mod body;
 mod config;
+mod cookie;
 mod events;
 mod h1;
 mod metrics;
@@ -28,9 +30,11 @@ mod watermark;
 pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
 pub use config::{
     AdminConfig, AuthConfig, Config, ConfigError, HttpVersion, HubConfig, ProxyConfig,
-    ServerConfig, TlsConfig, UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
+    RedirectMeans, ServerConfig, TlsConfig, UpstreamConfig, WatermarkConfig, env_name, join_url,
+    known_keys,
 };
-pub use events::auth::{AuthError, Identity, MAX_COOKIE_BYTES, cookie_header, cookie_value};
+pub use cookie::{MAX_COOKIE_BYTES, cookie_count, cookie_header, cookie_value};
+pub use events::auth::{AuthError, Identity};
 pub use events::channel::{Attach, Channel, Follower, RecvError, TryRecvError};
 pub use events::hub::{Hub, HubError, Subscription};
 pub use events::tab::{TabHold, TabSettings, stream as tab_stream};

@@ -98,6 +98,8 @@ pub enum AuthResult {
     Unauthenticated,
     /// The backend could not be asked.
     Unavailable,
+    /// The backend answered 2xx without the identity JSON (an HTML page).
+    BadAnswer,
 }
 
 impl EncodeLabelValue for AuthResult {
@@ -106,6 +108,7 @@ impl EncodeLabelValue for AuthResult {
             AuthResult::Ok => "ok",
             AuthResult::Unauthenticated => "unauthenticated",
             AuthResult::Unavailable => "unavailable",
+            AuthResult::BadAnswer => "bad_answer",
         })
     }
 }

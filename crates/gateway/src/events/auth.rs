@@ -9,12 +9,11 @@ use tokio::time::Instant;
 
 use crate::backend::BackendClient;
 use crate::body::{self, Body};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, RedirectMeans};
+use crate::cookie::{cookie_header, cookie_value};
 use crate::metrics::{AuthResult, Metrics};
 
-/// Longest `Cookie` header (all values joined) ssemux will forward to the
-/// backend for introspection; larger is refused without asking.
-pub const MAX_COOKIE_BYTES: usize = 16 * 1024;
+use crate::cookie::MAX_COOKIE_BYTES;
 /// Largest `/me` answer read.
 const MAX_ME_BYTES: usize = 16 * 1024;
 /// Longest user id accepted from the backend.
@@ -36,18 +35,34 @@ pub struct Identity {
 /// Why a request has no identity.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    /// No cookie, or the backend said 401/403.
+    /// No cookie, or the backend said 401/403, or redirected to a login page
+    /// (whose `Location` is kept, for the page to follow).
     #[error("not authenticated")]
-    Unauthenticated,
-    /// The backend could not be asked (down, timeout, 5xx, bad answer).
+    Unauthenticated(Option<HeaderValue>),
+    /// The backend could not be asked (down, timeout, 5xx).
     #[error("identity service unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered 2xx, but not with the identity JSON — typically
+    /// an HTML login page from a framework's default for logged-out users.
+    #[error("identity endpoint gave no identity: {0}")]
+    BadAnswer(String),
+}
+
+/// What the identity endpoint said for one credential.
+#[derive(Clone)]
+enum Known {
+    User(String),
+    /// Not logged in; the login page a redirect named, if any.
+    Refused(Option<HeaderValue>),
 }
 
 struct Cached {
-    user: Option<String>,
+    known: Known,
     expires: Instant,
 }
+
+/// Most often a bad identity answer is logged at WARN; the rest go to debug.
+const BAD_ANSWER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The identity lookup with its cache.
 pub struct Auth {
@@ -56,32 +71,8 @@ pub struct Auth {
     settings: AuthConfig,
     cache: DashMap<String, Cached>,
     metrics: Metrics,
-}
-
-/// All `Cookie` headers of a request joined as one value (HTTP/2 clients send
-/// one header per cookie).
-pub fn cookie_header(headers: &HeaderMap) -> Option<String> {
-    let mut out = String::new();
-    for v in headers.get_all(header::COOKIE) {
-        let Ok(s) = v.to_str() else { continue };
-        let s = s.trim();
-        if s.is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(s);
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-/// The value of cookie `name` in a `Cookie` header value.
-pub fn cookie_value<'a>(cookie_header: &'a str, name: &str) -> Option<&'a str> {
-    cookie_header.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
-    })
+    /// When a bad identity answer was last logged at WARN.
+    bad_answer_logged: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Auth {
@@ -94,6 +85,7 @@ impl Auth {
             settings,
             cache: DashMap::new(),
             metrics,
+            bad_answer_logged: std::sync::Mutex::new(None),
         }
     }
 
@@ -104,17 +96,24 @@ impl Auth {
         &self,
         headers: &HeaderMap,
     ) -> Result<Identity, Response<Body>> {
-        self.identify(headers).await.map_err(|e| match e {
-            AuthError::Unauthenticated => body::text(StatusCode::UNAUTHORIZED, "not authenticated"),
-            AuthError::Unavailable(why) => {
-                tracing::warn!(%why, "identity lookup failed");
-                let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(self.settings.retry_after_secs),
-                );
-                r
+        self.identify(headers).await.map_err(|e| {
+            match e {
+                AuthError::Unauthenticated(login) => {
+                    let mut r = body::text(StatusCode::UNAUTHORIZED, "not authenticated");
+                    if let Some(l) = login {
+                        r.headers_mut().insert(header::LOCATION, l);
+                    }
+                    return r;
+                }
+                AuthError::Unavailable(why) => tracing::warn!(%why, "identity lookup failed"),
+                AuthError::BadAnswer(why) => self.log_bad_answer(&why),
             }
+            let mut r = body::text(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable");
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.settings.retry_after_secs),
+            );
+            r
         })
     }
 
@@ -124,17 +123,18 @@ impl Auth {
         let r = self.lookup(headers, &mut cached).await;
         let result = match &r {
             Ok(_) => AuthResult::Ok,
-            Err(AuthError::Unauthenticated) => AuthResult::Unauthenticated,
+            Err(AuthError::Unauthenticated(_)) => AuthResult::Unauthenticated,
             Err(AuthError::Unavailable(_)) => AuthResult::Unavailable,
+            Err(AuthError::BadAnswer(_)) => AuthResult::BadAnswer,
         };
         self.metrics.auth(result, cached);
         r
     }
 
     async fn lookup(&self, headers: &HeaderMap, cached: &mut bool) -> Result<Identity, AuthError> {
-        let cookie = cookie_header(headers).ok_or(AuthError::Unauthenticated)?;
+        let cookie = cookie_header(headers).ok_or(AuthError::Unauthenticated(None))?;
         if cookie.len() > MAX_COOKIE_BYTES {
-            return Err(AuthError::Unauthenticated);
+            return Err(AuthError::Unauthenticated(None));
         }
         let session = cookie_value(&cookie, &self.settings.session_cookie)
             .unwrap_or(&cookie)
@@ -142,33 +142,52 @@ impl Auth {
         let now = Instant::now();
         if let Some(c) = self.cache.get(&cookie).filter(|c| c.expires > now) {
             *cached = true;
-            return match &c.user {
-                Some(user) => Ok(Identity {
-                    user: user.clone(),
-                    cookie: cookie.clone(),
-                    session,
-                }),
-                None => Err(AuthError::Unauthenticated),
-            };
+            let known = c.known.clone();
+            drop(c);
+            return Self::answer(known, cookie, session);
         }
-        let user = self.ask_backend(&cookie).await?;
-        let ttl = if user.is_some() {
-            self.settings.cache_ttl
-        } else {
-            self.settings.negative_ttl
+        let known = self.ask_backend(&cookie).await?;
+        let ttl = match known {
+            Known::User(_) => self.settings.cache_ttl,
+            Known::Refused(_) => self.settings.negative_ttl,
         };
-        self.remember(cookie.clone(), user.clone(), now + ttl);
-        match user {
-            Some(user) => Ok(Identity {
+        self.remember(cookie.clone(), known.clone(), now + ttl);
+        Self::answer(known, cookie, session)
+    }
+
+    fn answer(known: Known, cookie: String, session: String) -> Result<Identity, AuthError> {
+        match known {
+            Known::User(user) => Ok(Identity {
                 user,
                 cookie,
                 session,
             }),
-            None => Err(AuthError::Unauthenticated),
+            Known::Refused(login) => Err(AuthError::Unauthenticated(login)),
         }
     }
 
-    fn remember(&self, cookie: String, user: Option<String>, expires: Instant) {
+    /// A framework's login page where JSON was expected is a configuration
+    /// mistake, not an outage: say so once a minute, with the likely fix,
+    /// instead of a WARN per reconnecting tab.
+    fn log_bad_answer(&self, why: &str) {
+        let now = Instant::now();
+        let mut last = self
+            .bad_answer_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| now.duration_since(at) < BAD_ANSWER_LOG_EVERY) {
+            tracing::debug!(%why, "identity endpoint gave no identity");
+            return;
+        }
+        *last = Some(now);
+        tracing::warn!(
+            %why,
+            hint = "the identity endpoint answered 2xx without the JSON identity; if it serves an HTML page, point auth.me_path at an endpoint that answers JSON (ssemux sends Accept: application/json)",
+            "identity endpoint gave no identity (logged at most once a minute)"
+        );
+    }
+
+    fn remember(&self, cookie: String, known: Known, expires: Instant) {
         if self.cache.len() >= self.settings.cache_max_entries {
             let now = Instant::now();
             self.cache.retain(|_, c| c.expires > now);
@@ -177,22 +196,27 @@ impl Auth {
                 self.cache.clear();
             }
         }
-        self.cache.insert(cookie, Cached { user, expires });
+        self.cache.insert(cookie, Cached { known, expires });
     }
 
-    /// `Ok(Some(user))`, `Ok(None)` for a refused cookie, `Err` if unknown.
-    async fn ask_backend(&self, cookie: &str) -> Result<Option<String>, AuthError> {
+    /// What the backend says of `cookie`; `Err` if it could not tell.
+    async fn ask_backend(&self, cookie: &str) -> Result<Known, AuthError> {
         let req = Request::get(self.me_url.clone())
             .header(header::ACCEPT, "application/json")
             .header(header::COOKIE, cookie)
             .body(body::empty())
-            .map_err(|_| AuthError::Unauthenticated)?;
+            .map_err(|_| AuthError::Unauthenticated(None))?;
         let resp = tokio::time::timeout(self.settings.timeout, self.client.request(req))
             .await
             .map_err(|_| AuthError::Unavailable("timeout".into()))?
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         match resp.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(None),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(Known::Refused(None)),
+            // Web frameworks send a logged-out browser to their login page.
+            s if s.is_redirection() && self.settings.redirect_means == RedirectMeans::LoggedOut => {
+                let login = resp.headers().get(header::LOCATION).cloned();
+                return Ok(Known::Refused(login));
+            }
             s if s.is_success() => {}
             s => return Err(AuthError::Unavailable(format!("backend answered {s}"))),
         }
@@ -203,18 +227,24 @@ impl Auth {
             .map_err(|e| AuthError::Unavailable(e.to_string()))?
             .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| AuthError::Unavailable(format!("identity is not JSON: {e}")))?;
+            .map_err(|e| AuthError::BadAnswer(format!("identity is not JSON: {e}")))?;
         let user = match v.get("id") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => return Err(AuthError::Unavailable("identity has no `id`".into())),
+            _ => return Err(AuthError::BadAnswer("identity has no `id`".into())),
         };
         if user.is_empty() || user.len() > MAX_USER_BYTES {
-            return Err(AuthError::Unavailable(
+            return Err(AuthError::BadAnswer(
                 "identity `id` empty or too long".into(),
             ));
         }
-        Ok(Some(user))
+        // An id reaches logs, metrics-free but verbatim: no control bytes.
+        if user.chars().any(char::is_control) {
+            return Err(AuthError::BadAnswer(
+                "identity `id` has control characters".into(),
+            ));
+        }
+        Ok(Known::User(user))
     }
 }
 

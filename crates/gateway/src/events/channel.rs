@@ -343,6 +343,8 @@ impl Channel {
             .rsplit_once('-')
             .filter(|(epoch, _)| *epoch == self.epoch);
         let servable = this_epoch
+            // Digits only: `+0` is not an id ssemux wrote.
+            .filter(|(_, seq)| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|(_, seq)| seq.parse::<u64>().ok())
             .filter(|&seq| {
                 let oldest_kept = st.ring.front().map_or(st.seq + 1, |f| f.seq);
@@ -573,6 +575,7 @@ mod tests {
             ("e1-7", ResyncCause::RingMiss),
             ("garbage", ResyncCause::Epoch),
             ("e1-x", ResyncCause::RingMiss),
+            ("e1-+5", ResyncCause::RingMiss),
         ] {
             let a = ch.attach(Some(bad));
             assert!(a.replay.is_empty(), "{bad}");

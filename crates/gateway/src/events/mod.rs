@@ -25,6 +25,7 @@ use self::limit::ConnectLimiter;
 use self::tab::{TabHold, TabSettings};
 use crate::body::{self, Body};
 use crate::config::HubConfig;
+use crate::cookie;
 use crate::metrics::Metrics;
 use crate::watermark::{self, Watermarks};
 
@@ -157,8 +158,8 @@ impl Events {
     }
 }
 
-/// Only `GET`, and a `Cookie` header of sane size: one this large is a
-/// broken or hostile client, refused before asking the backend.
+/// Only `GET`, one `Host`, and a `Cookie` header of sane size: one this
+/// large is a broken or hostile client, refused before asking the backend.
 fn check_request<B>(req: &Request<B>) -> Result<(), Refused> {
     if req.method() != Method::GET {
         let mut r = body::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
@@ -166,7 +167,16 @@ fn check_request<B>(req: &Request<B>) -> Result<(), Refused> {
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return Err(Box::new(r));
     }
-    if auth::cookie_header(req.headers()).is_some_and(|c| c.len() > auth::MAX_COOKIE_BYTES) {
+    // RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with two, is
+    // refused (a proxy in front and ssemux could disagree about it).
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
+        return Err(Box::new(body::text(
+            StatusCode::BAD_REQUEST,
+            "one Host header, please",
+        )));
+    }
+    if cookie::cookie_header(req.headers()).is_some_and(|c| c.len() > cookie::MAX_COOKIE_BYTES) {
         return Err(Box::new(body::text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "cookie header too large",
@@ -186,12 +196,12 @@ fn tab_params<B>(req: &Request<B>) -> Result<TabParams, Refused> {
         }
         t => t.map(str::to_string),
     };
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query_param(query, "lastEventId"))
-        .map(str::to_string);
+    // An id that is not text is garbage, not absent: the tab gets `resync`
+    // (it has lost its place), never a silent fresh start.
+    let last_event_id = match req.headers().get("last-event-id") {
+        Some(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        None => query_param(query, "lastEventId").map(str::to_string),
+    };
     Ok(TabParams { tab, last_event_id })
 }
 

@@ -43,6 +43,9 @@ pub enum Sniffed<I> {
     Events(I, Request<()>),
     /// Anything else: hand to hyper; the bytes read so far come first.
     Other(Rewind<I>),
+    /// An events head a strict parser refuses (a bare LF line ending, which
+    /// hyper would take): answer `400` here.
+    Malformed(I),
     /// The peer closed, failed or sent no complete head in time.
     Gone,
 }
@@ -71,6 +74,7 @@ where
             Head::NeedMore => continue,
             Head::Other => return Sniffed::Other(Rewind::new(io, buf.freeze())),
             Head::Events(req) => return Sniffed::Events(io, *req),
+            Head::Malformed => return Sniffed::Malformed(io),
         }
     }
 }
@@ -78,6 +82,7 @@ where
 enum Head {
     NeedMore,
     Other,
+    Malformed,
     Events(Box<Request<()>>),
 }
 
@@ -101,7 +106,8 @@ fn classify(buf: &[u8], events_path: &str) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(len)) if head::crlf_only(&buf[..len]) => {}
+        Ok(httparse::Status::Complete(_)) => return Head::Malformed,
         Ok(httparse::Status::Partial) => return Head::NeedMore,
         Err(_) => return Head::Other,
     }
@@ -301,6 +307,7 @@ mod tests {
             Head::NeedMore => "more",
             Head::Other => "other",
             Head::Events(_) => "events",
+            Head::Malformed => "malformed",
         }
     }
 
@@ -322,9 +329,16 @@ mod tests {
             "GET http://evil/events HTTP/1.1\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "\r\nGET /events HTTP/1.1\r\n\r\n",
+            // What a strict parser refuses is hyper's to answer (400).
+            "GET /events HTTP/1.1\r\n\r\n",
+            "GET /events HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         ] {
             assert_eq!(classify_str(other), "other", "{other:?}");
         }
+        assert_eq!(
+            classify_str("GET /events HTTP/1.1\r\nHost: a\nCookie: s=1\r\n\r\n"),
+            "malformed"
+        );
         // Another path is ruled out from the request line alone.
         assert_eq!(classify_str("GET /index.html HTTP/1.1\r\n"), "other");
     }

@@ -14,10 +14,20 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024 + 2048;
 /// Longest response head accepted from the backend.
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
-/// The `http::Request` for a parsed head: `GET` over HTTP/1.1 without a body
-/// (or a claim of one: that framing is hyper's to judge), else `None`.
+/// The `http::Request` for a parsed head: `GET` over HTTP/1.1 with exactly
+/// one `Host` and without a body (or a claim of one: that framing is hyper's
+/// to judge), else `None` — and hyper, which refuses what a strict parser
+/// refuses, answers it.
 pub fn get_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts != 1 {
         return None;
     }
     let mut out = Request::get(req.path?).version(Version::HTTP_11);
@@ -31,6 +41,14 @@ pub fn get_request(req: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         out = out.header(name, HeaderValue::from_bytes(h.value).ok()?);
     }
     out.body(()).ok()
+}
+
+/// Whether every line of `head` ends in CRLF. httparse also takes a bare LF,
+/// which hyper refuses: a head with one is not read by hand.
+pub fn crlf_only(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && head[i - 1] == b'\r'))
 }
 
 /// The head of the connection's one and last response: `content-length`

@@ -33,6 +33,14 @@ use tokio::time::Instant;
 use crate::backend::{BackendClient, BackendUrl};
 use crate::body::{self, Body, BoxError};
 use crate::config::ProxyConfig;
+use crate::cookie::cookie_header;
+
+/// The client's request body broke while it was forwarded (a malformed
+/// chunk, a cut connection): the client's fault, answered `400`, not a
+/// backend failure. Found again in the client's error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+struct ClientBodyError(BoxError);
 
 /// A request body that streamed past [`ProxyConfig::max_request_body`]. Found
 /// again in the client's error chain to answer `413` instead of `502`.
@@ -230,6 +238,7 @@ enum Failure {
     Backend,
     TooLarge,
     Timeout,
+    ClientBody,
 }
 
 impl Failure {
@@ -238,6 +247,10 @@ impl Failure {
         while let Some(e) = source {
             if e.is::<BodyTooLarge>() {
                 return Failure::TooLarge;
+            }
+            if e.is::<ClientBodyError>() {
+                tracing::debug!(error = %e, "client request body broke");
+                return Failure::ClientBody;
             }
             source = e.source();
         }
@@ -256,6 +269,7 @@ impl Failure {
                 body::text(StatusCode::BAD_GATEWAY, "bad gateway: backend unreachable")
             }
             Failure::Backend => body::text(StatusCode::BAD_GATEWAY, "bad gateway"),
+            Failure::ClientBody => body::text(StatusCode::BAD_REQUEST, "malformed request body"),
             Failure::TooLarge => {
                 body::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
             }
@@ -322,6 +336,11 @@ fn prepare_request(
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    // One field, as authenticated: a backend that reads only the first of
+    // several `Cookie` fields would see another session than ssemux did.
+    if let Some(joined) = cookie_header(headers).and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::COOKIE, joined);
+    }
     if let Some(n) = declared {
         // Collapses repeated identical values into one.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -551,7 +570,7 @@ where
             }
             Some(Err(e)) => {
                 this.done = true;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
             }
             None => {
                 this.done = true;
@@ -624,7 +643,10 @@ mod tests {
             p.headers["x-forwarded-for"],
             "203.0.113.1, 198.51.100.2, 192.0.2.7"
         );
-        assert_eq!(p.headers.get_all("cookie").iter().count(), 2);
+        // Joined into the one value ssemux authenticates (issue 16: a
+        // backend reading only the first field would see another session).
+        assert_eq!(p.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(p.headers["cookie"], "a=1; b=2");
     }
 
     #[test]

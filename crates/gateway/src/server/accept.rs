@@ -194,9 +194,17 @@ impl Gateway {
                     .await;
                 return None;
             }
+            Sniffed::Malformed(io) => {
+                let refused = body::text(http::StatusCode::BAD_REQUEST, "malformed request head");
+                return Some((io, refused, tracing::Span::none(), watcher));
+            }
             Sniffed::Events(io, req) => (io, req),
         };
         let (rid, span) = request_span(&req);
+        if let Some(mut refused) = self.ambiguous_session(&req) {
+            tag_request_id(&mut refused, &rid);
+            return Some((io, refused, span, watcher));
+        }
         let client = client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
         // Auth and the first tab's wait for its upstream take time; a client
         // that leaves meanwhile lets go of its subscription at once, not

@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::Gateway;
 use super::client_ip::client_ip;
-use crate::body::Body;
+use crate::body::{self, Body};
+use crate::cookie::{cookie_count, cookie_header};
 
 impl Gateway {
     /// Route one request that hyper parsed.
@@ -20,6 +21,9 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        if let Some(refused) = self.ambiguous_session(&req) {
+            return refused;
+        }
         let path = req.uri().path();
         if path == self.cfg.events_path {
             let client = client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
@@ -39,6 +43,17 @@ impl Gateway {
         let resp = self.proxy.forward(req, peer, self.scheme).await;
         self.metrics.proxied(resp.status(), started.elapsed());
         resp
+    }
+}
+
+impl Gateway {
+    /// A request whose cookies name the session cookie twice is refused: the
+    /// backend might pick the other one, and so another user than ssemux
+    /// authenticated.
+    pub(super) fn ambiguous_session<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let cookies = cookie_header(req.headers())?;
+        (cookie_count(&cookies, &self.cfg.auth.session_cookie) > 1)
+            .then(|| body::text(StatusCode::BAD_REQUEST, "session cookie sent twice"))
     }
 }
 
