@@ -56,7 +56,22 @@ async fn cookie_echo() -> SocketAddr {
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
                     .collect();
-                let body = format!("fields={}\nfirst={}\n", fields.len(), fields.join("|"));
+                let fwd = |name: &str| {
+                    req.headers()
+                        .get_all(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                };
+                let body = format!(
+                    "fields={}\nfirst={}\nxff={}\nforwarded={}\nreal={}\n",
+                    fields.len(),
+                    fields.join("|"),
+                    fwd("x-forwarded-for"),
+                    fwd("forwarded"),
+                    fwd("x-real-ip"),
+                );
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
             });
             tokio::spawn(async move {
@@ -89,6 +104,40 @@ async fn split_cookie_fields_reach_the_backend_as_the_one_value_authenticated() 
         out.contains("fields=1\nfirst=theme=dark; session=alice-token\n"),
         "the backend must see one joined Cookie field: {out}"
     );
+}
+
+/// A gateway in front of the echo backend, with `extra` settings.
+async fn echo_gateway(extra: &[&str]) -> SocketAddr {
+    let backend = cookie_echo().await;
+    let mut sets = vec![format!("backend=http://{backend}")];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
+    let gw = Gateway::new(cfg).expect("gateway");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gw.serve(listener));
+    addr
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let spoofed = b"GET /page HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n";
+    // Nobody trusted (the default): the client's claims are replaced.
+    let out = exchange(echo_gateway(&[]).await, spoofed, |s| s.contains("real=")).await;
+    assert!(out.contains("xff=127.0.0.1\n"), "{out}");
+    assert!(
+        out.contains("forwarded=\n") && out.contains("real=\n"),
+        "{out}"
+    );
+    // From a trusted proxy the chain is kept and appended to.
+    let out = exchange(
+        echo_gateway(&["server.trusted_proxies=127.0.0.0/8"]).await,
+        spoofed,
+        |s| s.contains("real="),
+    )
+    .await;
+    assert!(out.contains("xff=6.6.6.6, 127.0.0.1\n"), "{out}");
+    assert!(out.contains("real=6.6.6.6\n"), "{out}");
 }
 
 #[tokio::test]
@@ -160,4 +209,75 @@ async fn a_last_event_id_that_is_not_text_is_garbage_and_gets_resync() {
     let out = exchange(env.addr, &req, |s| s.contains("event: resync")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("event: resync"), "no resync: {out}");
+}
+
+#[tokio::test]
+async fn junk_cookies_pin_no_memory_in_the_identity_cache() {
+    let env = Env::start(&["auth.negative_ttl=1s"]).await;
+    let junk = "x".repeat(7 * 1024);
+    const FLOOD: usize = 500;
+    for i in 0..FLOOD {
+        let cookie = format!("session={junk}{i}");
+        let (s, _, _) =
+            common::request(env.addr, "GET", "/events", &[("cookie", &cookie)], "").await;
+        assert_eq!(s, http::StatusCode::UNAUTHORIZED);
+    }
+    let (entries, bytes) = env.gateway.auth_cache_size();
+    assert!(entries <= FLOOD, "{entries}");
+    // Keys are hashes: an entry costs ~100 bytes, not the 7 KB credential.
+    assert!(
+        bytes <= entries * 256,
+        "{bytes} bytes for {entries} entries: the credential is in the cache"
+    );
+    // Refusals expire as they age: once the negative TTL passed, the next
+    // lookup sweeps them (waited for with a deadline, one request a round).
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let (s, _, _) = common::request(
+            env.addr,
+            "GET",
+            "/events",
+            &[("cookie", "session=probe")],
+            "",
+        )
+        .await;
+        assert_eq!(s, http::StatusCode::UNAUTHORIZED);
+        let (entries, _) = env.gateway.auth_cache_size();
+        if entries <= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{entries} expired refusals still cached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_read_path_limits_reads_per_client_address_before_asking_who() {
+    let env = Env::start(&[
+        "server.client_ip_header=x-forwarded-for",
+        "server.trusted_proxies=127.0.0.1",
+        "watermark.reads_per_second=5",
+    ])
+    .await;
+    let mut limited = 0;
+    for i in 0..30 {
+        let cookie = format!("session=junk{i}");
+        let (s, h, _) = common::request(
+            env.addr,
+            "POST",
+            "/api/v1/contacts/read",
+            &[("cookie", &cookie), ("x-forwarded-for", "203.0.113.9")],
+            r#"{"peer":"bob","rowId":1}"#,
+        )
+        .await;
+        if s == http::StatusCode::TOO_MANY_REQUESTS {
+            assert!(h.contains_key("retry-after"));
+            limited += 1;
+        }
+    }
+    // A burst of 10 passes, the rest of a tight loop is refused.
+    assert!(limited >= 15, "only {limited} of 30 reads were limited");
 }

@@ -470,6 +470,8 @@ async fn connects_per_address_are_rate_limited() {
     let env = Env::start(&[
         "server.events_connects_per_second=1",
         "server.client_ip_header=x-forwarded-for",
+        // The test's requests come from a proxy on loopback.
+        "server.trusted_proxies=127.0.0.1",
     ])
     .await;
     let cookie = env.cookie("alice");

@@ -209,6 +209,9 @@ pub struct AuthConfig {
     pub negative_ttl: Duration,
     /// Upper bound on cached identities.
     pub cache_max_entries: usize,
+    /// Upper bound on what the cache holds, in bytes (keys are hashes, so an
+    /// entry is ~100 bytes plus the user id).
+    pub cache_max_bytes: usize,
     /// Time allowed for the introspection call.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -241,6 +244,7 @@ impl Default for AuthConfig {
             cache_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(1),
             cache_max_entries: 100_000,
+            cache_max_bytes: 16 * 1024 * 1024,
             timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             session_cookie: "session".into(),
@@ -381,6 +385,10 @@ pub struct WatermarkConfig {
     /// Time allowed for each automatic watermark POST.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// Reads (`POST`/`DELETE` on `read_path`) per second allowed from one
+    /// client address (bursts up to twice this), before the identity lookup.
+    /// Over → `429`. `0` = unlimited; loopback peers are exempt.
+    pub reads_per_second: u32,
 }
 
 impl Default for WatermarkConfig {
@@ -388,6 +396,7 @@ impl Default for WatermarkConfig {
         WatermarkConfig {
             read_path: "/api/v1/contacts/read".into(),
             inbound_event: "inbound".into(),
+            reads_per_second: 20,
             timeout: Duration::from_secs(2),
         }
     }
@@ -425,8 +434,56 @@ pub struct ServerConfig {
     /// Header a trusted proxy in front writes the client address into (e.g.
     /// `x-forwarded-for`; the rightmost entry is used). Empty = the socket's
     /// peer address. Set it behind nginx, or every browser shares nginx's
-    /// address for `events_connects_per_second`.
+    /// address for `events_connects_per_second`. Honoured only from a peer
+    /// in `trusted_proxies`.
     pub client_ip_header: String,
+    /// Peers whose forwarding headers are believed: addresses and CIDR
+    /// ranges, comma-separated (`"127.0.0.1, 10.0.0.0/8"`). From any other
+    /// peer, `X-Forwarded-For` is replaced by the peer's address and
+    /// `Forwarded` / `X-Real-IP` are removed before proxying, and
+    /// `client_ip_header` is ignored. Empty (default): nobody is trusted.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `server.trusted_proxies`: written as one comma-separated string (so it
+/// works from the environment and `--set` too), held parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parse `"a, b/n"`; the error names the entry.
+    pub fn parse(s: &str) -> Result<TrustedProxies, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                e.parse::<ipnet::IpNet>()
+                    .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("`{e}` is not an address or CIDR range"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    /// Whether `peer` may speak for its clients.
+    pub fn contains(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.0.iter().any(|n| n.contains(&peer))
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        s.serialize_str(&list.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TrustedProxies::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for ServerConfig {
@@ -437,6 +494,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             events_connects_per_second: 50,
             client_ip_header: String::new(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

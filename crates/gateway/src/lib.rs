@@ -30,8 +30,8 @@ mod watermark;
 pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
 pub use config::{
     AdminConfig, AuthConfig, Config, ConfigError, HttpVersion, HubConfig, ProxyConfig,
-    RedirectMeans, ServerConfig, TlsConfig, UpstreamConfig, WatermarkConfig, env_name, join_url,
-    known_keys,
+    RedirectMeans, ServerConfig, TlsConfig, TrustedProxies, UpstreamConfig, WatermarkConfig,
+    env_name, join_url, known_keys,
 };
 pub use cookie::{MAX_COOKIE_BYTES, cookie_count, cookie_header, cookie_value};
 pub use events::auth::{AuthError, Identity};

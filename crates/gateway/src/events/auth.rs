@@ -61,6 +61,32 @@ struct Cached {
     expires: Instant,
 }
 
+impl Cached {
+    /// What this entry costs, roughly: key, entry, the strings it holds.
+    fn bytes(&self) -> usize {
+        let held = match &self.known {
+            Known::User(u) => u.len(),
+            Known::Refused(l) => l.as_ref().map_or(0, HeaderValue::len),
+        };
+        std::mem::size_of::<CacheKey>() + std::mem::size_of::<Cached>() + held + ENTRY_OVERHEAD
+    }
+}
+
+/// The cache key: a SHA-256 of the credential. A client choosing 16 KiB
+/// cookies pins 32 bytes per entry, not 16 KiB, and the key never holds the
+/// credential itself.
+type CacheKey = [u8; 32];
+
+/// Map bookkeeping per entry, as counted against `auth.cache_max_bytes`.
+const ENTRY_OVERHEAD: usize = 32;
+
+fn cache_key(cookie: &str) -> CacheKey {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cookie.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
 /// Most often a bad identity answer is logged at WARN; the rest go to debug.
 const BAD_ANSWER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -69,7 +95,11 @@ pub struct Auth {
     client: BackendClient,
     me_url: Uri,
     settings: AuthConfig,
-    cache: DashMap<String, Cached>,
+    cache: DashMap<CacheKey, Cached>,
+    /// What the cache holds, by [`Cached::bytes`].
+    cache_bytes: std::sync::atomic::AtomicUsize,
+    /// When expired entries are next dropped.
+    next_sweep: std::sync::Mutex<Instant>,
     metrics: Metrics,
     /// When a bad identity answer was last logged at WARN.
     bad_answer_logged: std::sync::Mutex<Option<Instant>>,
@@ -84,6 +114,8 @@ impl Auth {
             me_url,
             settings,
             cache: DashMap::new(),
+            cache_bytes: std::sync::atomic::AtomicUsize::new(0),
+            next_sweep: std::sync::Mutex::new(Instant::now()),
             metrics,
             bad_answer_logged: std::sync::Mutex::new(None),
         }
@@ -140,7 +172,8 @@ impl Auth {
             .unwrap_or(&cookie)
             .to_string();
         let now = Instant::now();
-        if let Some(c) = self.cache.get(&cookie).filter(|c| c.expires > now) {
+        let key = cache_key(&cookie);
+        if let Some(c) = self.cache.get(&key).filter(|c| c.expires > now) {
             *cached = true;
             let known = c.known.clone();
             drop(c);
@@ -151,7 +184,7 @@ impl Auth {
             Known::User(_) => self.settings.cache_ttl,
             Known::Refused(_) => self.settings.negative_ttl,
         };
-        self.remember(cookie.clone(), known.clone(), now + ttl);
+        self.remember(key, known.clone(), now + ttl);
         Self::answer(known, cookie, session)
     }
 
@@ -187,16 +220,55 @@ impl Auth {
         );
     }
 
-    fn remember(&self, cookie: String, known: Known, expires: Instant) {
-        if self.cache.len() >= self.settings.cache_max_entries {
-            let now = Instant::now();
+    /// Cache an answer. Expired entries are dropped as they age (a sweep at
+    /// most every `negative_ttl`), so refused junk credentials do not stay;
+    /// past `cache_max_entries` or `cache_max_bytes` the cache starts over
+    /// rather than grow.
+    fn remember(&self, key: CacheKey, known: Known, expires: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = Instant::now();
+        let due = {
+            let mut next = self.next_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now >= *next;
+            if due {
+                *next = now
+                    + self
+                        .settings
+                        .negative_ttl
+                        .max(std::time::Duration::from_millis(100));
+            }
+            due
+        };
+        let full = self.cache.len() >= self.settings.cache_max_entries
+            || self.cache_bytes.load(Relaxed) >= self.settings.cache_max_bytes;
+        if due || full {
             self.cache.retain(|_, c| c.expires > now);
-            if self.cache.len() >= self.settings.cache_max_entries {
+            let mut held: usize = self.cache.iter().map(|c| c.bytes()).sum();
+            if self.cache.len() >= self.settings.cache_max_entries
+                || held >= self.settings.cache_max_bytes
+            {
                 // Still full of live entries: start over rather than grow.
                 self.cache.clear();
+                held = 0;
             }
+            self.cache_bytes.store(held, Relaxed);
         }
-        self.cache.insert(cookie, Cached { known, expires });
+        let entry = Cached { known, expires };
+        self.cache_bytes.fetch_add(entry.bytes(), Relaxed);
+        if let Some(old) = self.cache.insert(key, entry) {
+            let gone = old.bytes();
+            let _ = self
+                .cache_bytes
+                .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(gone)));
+        }
+    }
+
+    /// Entries and bytes the cache holds now (tests, sizing).
+    pub fn cache_size(&self) -> (usize, usize) {
+        (
+            self.cache.len(),
+            self.cache_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// What the backend says of `cookie`; `Err` if it could not tell.

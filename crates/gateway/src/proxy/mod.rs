@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::backend::{BackendClient, BackendUrl};
 use crate::body::{self, Body, BoxError};
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, TrustedProxies};
 use crate::cookie::cookie_header;
 
 /// The client's request body broke while it was forwarded (a malformed
@@ -59,6 +59,7 @@ pub struct Proxy {
 
 struct Inner {
     target: BackendUrl,
+    trusted: TrustedProxies,
     client: BackendClient,
     max_request_body: u64,
     response_timeout: Duration,
@@ -79,11 +80,18 @@ fn backend_uri(target: &BackendUrl, client_target: &Uri) -> Result<Uri, Reject> 
 }
 
 impl Proxy {
-    /// A proxy to `backend` through `client`, limited by `cfg` (`[proxy]`).
-    pub fn new(backend: BackendUrl, cfg: &ProxyConfig, client: BackendClient) -> Self {
+    /// A proxy to `backend` through `client`, limited by `cfg` (`[proxy]`);
+    /// forwarding headers are kept only from `trusted` peers.
+    pub fn new(
+        backend: BackendUrl,
+        cfg: &ProxyConfig,
+        trusted: &TrustedProxies,
+        client: BackendClient,
+    ) -> Self {
         Proxy {
             inner: Arc::new(Inner {
                 target: backend,
+                trusted: trusted.clone(),
                 client,
                 max_request_body: cfg.max_request_body,
                 response_timeout: cfg.response_timeout,
@@ -113,6 +121,7 @@ impl Proxy {
         if let Err(reject) = prepare_request(
             &mut parts,
             target,
+            &inner.trusted,
             client_addr,
             scheme,
             inner.max_request_body,
@@ -196,6 +205,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Why a request is answered by the proxy itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -283,6 +293,7 @@ impl Failure {
 fn prepare_request(
     parts: &mut Parts,
     target: &BackendUrl,
+    trusted: &TrustedProxies,
     client_addr: SocketAddr,
     scheme: &str,
     max_body: u64,
@@ -344,6 +355,13 @@ fn prepare_request(
     if let Some(n) = declared {
         // Collapses repeated identical values into one.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    if !trusted.contains(client_addr.ip()) {
+        // The client's own claims about where it comes from are dropped:
+        // the backend sees the address ssemux saw.
+        headers.remove(X_FORWARDED_FOR);
+        headers.remove(header::FORWARDED);
+        headers.remove(X_REAL_IP);
     }
     append_forwarded_for(headers, client_addr);
     match HeaderValue::from_str(scheme) {
@@ -616,10 +634,31 @@ mod tests {
         prepare_request(
             p,
             &target("http://backend:8081/base/"),
+            &TrustedProxies::parse("192.0.2.0/24").expect("trusted"),
             peer(),
             "https",
             1000,
         )
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_claim_another_address() {
+        let mut p = parts(
+            Request::get("/x")
+                .header("host", "f")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("forwarded", "for=6.6.6.6")
+                .header("x-real-ip", "6.6.6.6"),
+        );
+        let nobody = TrustedProxies::default();
+        let t = target("http://backend:8081/");
+        assert_eq!(
+            prepare_request(&mut p, &t, &nobody, peer(), "http", 1000),
+            Ok(())
+        );
+        assert_eq!(p.headers["x-forwarded-for"], "192.0.2.7");
+        assert!(!p.headers.contains_key("forwarded"));
+        assert!(!p.headers.contains_key("x-real-ip"));
     }
 
     #[test]

@@ -30,21 +30,21 @@ use crate::metrics::Metrics;
 /// How long accepting pauses after a failed accept (EMFILE and friends).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accept on `listener` until `stop`, handing each connection to `serve` in
-/// a task of its own. A failed accept is logged and retried after a short
-/// pause: the listener keeps serving.
-async fn accept_loop<F, Fut>(listener: &TcpListener, stop: &CancellationToken, what: &str, serve: F)
+/// Accept on `listener` until `stop`, handing each connection to `start`,
+/// which spawns the connection's task. (It spawns, not this loop: a plain
+/// and a TLS connection are tasks of different sizes, and a task as big as
+/// the TLS one for every plain tab would cost each tab the TLS state.) A
+/// failed accept is logged and retried after a short pause: the listener
+/// keeps serving.
+async fn accept_loop<F>(listener: &TcpListener, stop: &CancellationToken, what: &str, start: F)
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    F: Fn(TcpStream, SocketAddr),
 {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve(stream, peer));
-                }
+                Ok((stream, peer)) => start(stream, peer),
                 Err(e) => {
                     tracing::warn!(listener = what, error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -101,8 +101,7 @@ impl Gateway {
         self.listening.store(true, Ordering::Release);
         let shutdown = self.shutdown_token();
         accept_loop(&listener, &shutdown, "main", |stream, peer| {
-            let (gw, builder, watcher) = (self.clone(), builder.clone(), graceful.watcher());
-            async move { gw.accepted(stream, peer, &builder, watcher).await }
+            self.accepted(stream, peer, &builder, graceful.watcher());
         })
         .await;
         drop(listener);
@@ -118,27 +117,32 @@ impl Gateway {
         Ok(())
     }
 
-    /// One accepted connection: the write deadline, then TLS if configured.
-    /// The handshake runs in the connection's task so a slow client cannot
-    /// hold up accepting; it gets the same deadline as a request head.
-    async fn accepted(
+    /// One accepted connection: the write deadline, then TLS if configured,
+    /// in a task of its own. The handshake runs in the connection's task so
+    /// a slow client cannot hold up accepting; it gets the same deadline as
+    /// a request head.
+    fn accepted(
         self: &Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        builder: &auto::Builder<TokioExecutor>,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
         watcher: Watcher,
     ) {
         let _ = stream.set_nodelay(true);
         let io = WriteDeadline::new(stream, self.cfg.server.write_timeout);
+        let (gw, builder) = (self.clone(), builder.clone());
         let Some(acceptor) = self.tls.clone() else {
-            return self.serve_conn(builder, watcher, io, peer).await;
+            tokio::spawn(async move { gw.serve_conn(&builder, watcher, io, peer).await });
+            return;
         };
         let limit = self.cfg.server.header_read_timeout;
-        match tokio::time::timeout(limit, Box::pin(acceptor.accept(io))).await {
-            Ok(Ok(tls)) => self.serve_conn(builder, watcher, tls, peer).await,
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-            Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-        }
+        tokio::spawn(async move {
+            match tokio::time::timeout(limit, Box::pin(acceptor.accept(io))).await {
+                Ok(Ok(tls)) => gw.serve_conn(&builder, watcher, tls, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            }
+        });
     }
 
     /// Serve one connection (plain or TLS) until it ends: a connection that
@@ -205,7 +209,12 @@ impl Gateway {
             tag_request_id(&mut refused, &rid);
             return Some((io, refused, span, watcher));
         }
-        let client = client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
+        let client = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.cfg.server.client_ip_header,
+            &self.cfg.server.trusted_proxies,
+        );
         // Auth and the first tab's wait for its upstream take time; a client
         // that leaves meanwhile lets go of its subscription at once, not
         // when its answer is ready.
@@ -269,9 +278,9 @@ impl Gateway {
                 .timer(TokioTimer::new())
                 .header_read_timeout(head_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
-            async move {
+            tokio::spawn(async move {
                 let _ = conn.await;
-            }
+            });
         })
         .await;
     }

@@ -117,7 +117,12 @@ impl Gateway {
             cfg.auth.clone(),
             metrics.clone(),
         ));
-        let proxy = Proxy::new(backend, &cfg.proxy, client.clone());
+        let proxy = Proxy::new(
+            backend,
+            &cfg.proxy,
+            &cfg.server.trusted_proxies,
+            client.clone(),
+        );
         let shutdown = CancellationToken::new();
         let events = Events {
             hub_cfg: cfg.hub.clone(),
@@ -132,6 +137,7 @@ impl Gateway {
             auth,
             proxy: proxy.clone(),
             watermarks,
+            limiter: ConnectLimiter::new(cfg.watermark.reads_per_second),
         };
         Ok(Arc::new(Gateway {
             live: std::sync::Mutex::new(cfg.clone()),
@@ -151,6 +157,11 @@ impl Gateway {
     /// The hub (for tests and metrics).
     pub fn hub(&self) -> &Hub {
         &self.events.hub
+    }
+
+    /// Entries and bytes in the identity cache (for tests and sizing).
+    pub fn auth_cache_size(&self) -> (usize, usize) {
+        self.events.auth.cache_size()
     }
 
     /// The watermark state (for tests and metrics).

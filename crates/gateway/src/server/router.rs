@@ -26,7 +26,12 @@ impl Gateway {
         }
         let path = req.uri().path();
         if path == self.cfg.events_path {
-            let client = client_ip(peer.ip(), req.headers(), &self.cfg.server.client_ip_header);
+            let client = client_ip(
+                peer.ip(),
+                req.headers(),
+                &self.cfg.server.client_ip_header,
+                &self.cfg.server.trusted_proxies,
+            );
             return self.events.serve(req, client).await;
         }
         if self.cfg.admin.listen.is_none()
@@ -37,7 +42,13 @@ impl Gateway {
         if path == self.cfg.watermark.read_path
             && (req.method() == Method::POST || req.method() == Method::DELETE)
         {
-            return self.read.serve(req, peer, self.scheme).await;
+            let client = client_ip(
+                peer.ip(),
+                req.headers(),
+                &self.cfg.server.client_ip_header,
+                &self.cfg.server.trusted_proxies,
+            );
+            return self.read.serve(req, peer, client, self.scheme).await;
         }
         let started = tokio::time::Instant::now();
         let resp = self.proxy.forward(req, peer, self.scheme).await;

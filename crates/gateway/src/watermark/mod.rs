@@ -41,6 +41,18 @@ pub fn tab_key(tab: Option<&str>, id: &Identity) -> String {
     }
 }
 
+/// Longest peer ssemux tracks; a read of a longer one is still proxied, but
+/// marks nothing (peers are user ids or short paths).
+pub const MAX_PEER_BYTES: usize = 512;
+
+/// Most peers whose posted watermark ssemux remembers per user; the oldest
+/// entry makes room. Forgetting one only means ssemux may post an advance
+/// the backend already has.
+pub const MAX_PEERS_PER_USER: usize = 64;
+
+/// Most tab keys with a mark per user (open tabs and pending reads).
+pub const MAX_MARKS_PER_USER: usize = 256;
+
 /// How long a read posted by a tab whose stream is not open (yet) keeps its
 /// peer active: a page that opens a thread while its stream is still
 /// connecting must not lose the mark, but a tab that never connects must not
@@ -77,8 +89,9 @@ struct State {
     /// user → tab key → that tab's open streams and active peer. Keyed by
     /// user first: every upstream event asks about one user's tabs.
     tabs: HashMap<String, HashMap<String, TabMark>>,
-    /// (user, peer) → highest rowId posted through or by ssemux.
-    posted: HashMap<(String, String), u64>,
+    /// user → peer → highest rowId posted through or by ssemux. Kept only
+    /// for users with a tab mark, at most [`MAX_PEERS_PER_USER`] peers each.
+    posted: HashMap<String, HashMap<String, u64>>,
     /// When pending marks of tabs that never connected are next swept.
     next_sweep: Instant,
 }
@@ -126,6 +139,37 @@ impl State {
             tabs.retain(|_, m| m.streams > 0 || m.set_at.elapsed() < PENDING_WINDOW);
             !tabs.is_empty()
         });
+        let tabs = &self.tabs;
+        self.posted.retain(|user, _| tabs.contains_key(user));
+    }
+
+    /// Remember that `row` was posted for (`user`, `peer`), within the
+    /// per-user bound.
+    fn record_posted(&mut self, user: &str, peer: &str, row: u64) {
+        let peers = self.posted.entry(user.to_string()).or_default();
+        if let Some(hi) = peers.get_mut(peer) {
+            *hi = (*hi).max(row);
+            return;
+        }
+        if peers.len() >= MAX_PEERS_PER_USER {
+            // The lowest watermark is the oldest read, most likely.
+            if let Some(k) = peers
+                .iter()
+                .min_by_key(|(_, r)| **r)
+                .map(|(k, _)| k.clone())
+            {
+                peers.remove(&k);
+            }
+        }
+        peers.insert(peer.to_string(), row);
+    }
+
+    fn posted_for(&self, user: &str, peer: &str) -> u64 {
+        self.posted
+            .get(user)
+            .and_then(|p| p.get(peer))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -173,7 +217,9 @@ impl Drop for TabMarkGuard {
             }
         }
         if tabs.is_empty() {
+            // The user's last tab: what was posted goes with it.
             st.tabs.remove(user);
+            st.posted.remove(user);
         }
     }
 }
@@ -217,17 +263,27 @@ impl Watermarks {
 
     /// The backend accepted a read of `peer` up to `row_id` from this tab:
     /// the peer becomes the tab's active one.
+    /// A peer over [`MAX_PEER_BYTES`], or a new tab key past
+    /// [`MAX_MARKS_PER_USER`], marks nothing.
     pub fn set_active(&self, user: &str, tab: &str, peer: &str, row_id: u64) {
+        if peer.len() > MAX_PEER_BYTES {
+            return;
+        }
         let mut st = self.lock();
         st.sweep();
+        let known = st.tabs.get(user).is_some_and(|t| t.contains_key(tab));
+        if !known
+            && st
+                .tabs
+                .get(user)
+                .is_some_and(|t| t.len() >= MAX_MARKS_PER_USER)
+        {
+            return;
+        }
         let mark = st.mark_mut(user, tab);
         mark.peer = Some(peer.to_string());
         mark.set_at = Instant::now();
-        let hi = st
-            .posted
-            .entry((user.to_string(), peer.to_string()))
-            .or_insert(0);
-        *hi = (*hi).max(row_id);
+        st.record_posted(user, peer, row_id);
     }
 
     /// "No thread open" in this tab.
@@ -275,11 +331,7 @@ impl Watermarks {
         let peer = v.get("peer").and_then(|p| p.as_str())?;
         let row = v.get("rowId").and_then(|r| r.as_u64())?;
         let st = self.lock();
-        let posted = st
-            .posted
-            .get(&(user.to_string(), peer.to_string()))
-            .copied()
-            .unwrap_or(0);
+        let posted = st.posted_for(user, peer);
         (st.peer_is_active(user, peer) && row > posted).then(|| Advance {
             peer: peer.to_string(),
             row,
@@ -296,12 +348,7 @@ impl Watermarks {
         for attempt in 0..2 {
             match self.post(cookie, &payload).await {
                 Ok(()) => {
-                    let mut st = self.lock();
-                    let hi = st
-                        .posted
-                        .entry((user.to_string(), peer.to_string()))
-                        .or_insert(0);
-                    *hi = (*hi).max(row);
+                    self.lock().record_posted(user, peer, row);
                     self.inner.metrics.watermark_advanced();
                     return;
                 }
@@ -372,6 +419,42 @@ mod tests {
         assert_eq!(due("alice", "inbound", "not json"), None);
         // Another user with the same tab id and peer is untouched.
         assert_eq!(due("carol", "inbound", &inbound("bob", 9)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn posted_state_stays_bounded_however_many_peers_are_posted() {
+        let w = marks();
+        let _tab = w.tab_opened("alice", "t1");
+        // 3,000 reads, each of a different 30 KB peer: none is tracked.
+        let big = "p".repeat(30 * 1024);
+        for i in 0..3000 {
+            w.set_active("alice", "t1", &format!("{big}{i}"), i);
+        }
+        // 3,000 distinct short peers and 3,000 tab keys: bounded.
+        for i in 0..3000u64 {
+            w.set_active("alice", &format!("k{i}"), &format!("peer{i}"), i);
+        }
+        {
+            let st = w.lock();
+            let peers = st.posted.get("alice").map_or(0, HashMap::len);
+            assert!(peers <= MAX_PEERS_PER_USER, "{peers} peers kept");
+            let bytes: usize = st.posted.values().flatten().map(|(p, _)| p.len()).sum();
+            assert!(bytes <= MAX_PEERS_PER_USER * MAX_PEER_BYTES, "{bytes} B");
+            let marks = st.tabs.get("alice").map_or(0, HashMap::len);
+            assert!(marks <= MAX_MARKS_PER_USER, "{marks} marks");
+        }
+        // A read from an open tab is still tracked, and the newest peer is
+        // kept: it is the one an advance needs.
+        w.set_active("alice", "t1", "latest", 5000);
+        assert_eq!(w.lock().posted_for("alice", "latest"), 5000);
+        // Gone with the user's last tab and the pending window.
+        drop(_tab);
+        tokio::time::advance(PENDING_WINDOW * 2).await;
+        w.set_active("bob", "t", "x", 1);
+        assert!(
+            w.lock().posted.get("alice").is_none(),
+            "alice's state stayed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 //! answered here without bothering the backend. It never changes what the
 //! backend receives beyond re-sending the body it read.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use super::{Watermarks, tab_key, valid_tab_id};
 use crate::body::{self, Body};
 use crate::events::auth::Auth;
+use crate::events::limit::ConnectLimiter;
 use crate::proxy::Proxy;
 
 /// Largest read-watermark request body ssemux inspects.
@@ -27,15 +28,33 @@ pub struct ReadPath {
     pub proxy: Proxy,
     /// Where the active peer is recorded.
     pub watermarks: Watermarks,
+    /// Reads per second per client address (`watermark.reads_per_second`),
+    /// checked before the identity lookup: a flood of junk credentials
+    /// cannot turn into one backend call each.
+    pub limiter: ConnectLimiter,
 }
 
 impl ReadPath {
-    /// Serve one read from `peer`; `scheme` is what the client used.
-    pub async fn serve<B>(&self, req: Request<B>, peer: SocketAddr, scheme: &str) -> Response<Body>
+    /// Serve one read from `peer` (`client`: its address as the server
+    /// judged it); `scheme` is what the client used.
+    pub async fn serve<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        client: IpAddr,
+        scheme: &str,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<crate::body::BoxError>,
     {
+        if let Err(wait) = self.limiter.admit(client) {
+            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "too many reads");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            return r;
+        }
         let Ok(id) = self.auth.identify_or_refuse(req.headers()).await else {
             // Let the backend give its own answer to an unknown user.
             return self.proxy.forward(req, peer, scheme).await;
