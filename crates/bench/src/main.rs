@@ -41,7 +41,11 @@ enum Cmd {
         /// `quick` (scaled down, under 5 minutes) or `full` (the issue's sizes).
         #[arg(long, default_value = "quick")]
         profile: String,
-        /// Comma-separated systems (default: all five).
+        /// Comma-separated systems (default: all five: ssemux,
+        /// nginx-passthrough, pushpin, nchan, raw-floor). Opt-in, idle only:
+        /// ssemux-https (ssemux in front of nginx terminating TLS with h2 in
+        /// front of the mock) and ssemux-https-h2 (the same with
+        /// `upstream.http_version=http2`).
         #[arg(long)]
         systems: Option<String>,
         /// Where the JSON and the plot go.
@@ -60,6 +64,10 @@ enum Cmd {
         /// Comma-separated scenarios (default: fanout,idle,churn,storm).
         #[arg(long, default_value = "fanout,idle,churn,storm")]
         scenarios: String,
+        /// Added to every loopback port the run uses (18080–18111 by
+        /// default), so two runs on one machine do not collide.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
         /// Extra ssemux `--set KEY=VALUE` (repeatable; recorded in the JSON).
         #[arg(long = "ssemux-set", value_name = "KEY=VALUE")]
         ssemux_set: Vec<String>,
@@ -106,7 +114,9 @@ fn main() -> anyhow::Result<()> {
             plot_script,
             ssemux_set,
             scenarios,
+            port_offset,
         } => {
+            systems::set_port_offset(port_offset)?;
             let profile = match profile.as_str() {
                 "quick" => Profile::quick(),
                 "full" => Profile::full(),
@@ -171,13 +181,7 @@ fn machine() -> String {
 }
 
 fn log_tail(env: &Env, kind: Kind) -> String {
-    let file = match kind {
-        Kind::Ssemux => "ssemux.log",
-        Kind::NginxPassthrough => "nginx.log",
-        Kind::Pushpin => "pushpin.log",
-        Kind::Nchan => "nchan.log",
-        Kind::Floor => "floor.log",
-    };
+    let file = kind.log_file();
     let text = std::fs::read_to_string(env.work.join(file)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
@@ -195,11 +199,18 @@ async fn on_fresh(
         Ok(s) => Arc::new(s),
         Err(e) => {
             let tail = log_tail(env, kind);
-            return Err(if tail.is_empty() {
+            let mut msg = if tail.is_empty() {
                 format!("{e:#}")
             } else {
                 format!("{e:#} (log: {tail})")
-            });
+            };
+            if kind == Kind::SsemuxHttpsH2 {
+                msg.push_str(
+                    " — this variant passes `--set upstream.http_version=http2`; \
+                     an ssemux that predates that key refuses to start",
+                );
+            }
+            return Err(msg);
         }
     };
     let v = f(&sys).await;
@@ -235,6 +246,10 @@ async fn run(
                 entry[name] = json!({"n/a": "not selected for this run"});
                 continue;
             }
+            if let Some(why) = kind.not_applicable(name) {
+                entry[name] = json!({ "n/a": why });
+                continue;
+            }
             if name == "churn" && !kind.has_backend_stream() {
                 entry[name] = scenarios::churn_na();
                 continue;
@@ -249,7 +264,7 @@ async fn run(
                 "fanout" => {
                     on_fresh(kind, env, users, async |s| scenarios::fanout(s, &p).await).await
                 }
-                "idle" => on_fresh(kind, env, users, async |s| scenarios::idle(s, &p).await).await,
+                "idle" => idle_with_split(kind, env, &p).await,
                 "churn" => {
                     on_fresh(kind, env, users, async |s| {
                         scenarios::churn(s, &p, grace).await
@@ -288,8 +303,24 @@ async fn run(
             "ssemux: the mock backend emits `inbound {peer: <timestamp>}`; ssemux's default rules turn it into `thread-updated` + `contact-changed`. The others are handed the two already-translated triggers: nginx pass-through by the mock backend on each tab's own stream, Pushpin by one HTTP publish per tick (GRIP http-stream), nchan by one POST per trigger per user, the floor by one control line per user.",
             "CPU and PSS are the system's own processes (ssemux; nginx master+workers; pushpin's runner, condure, zurl, proxy and handler; the floor). The mock backend is reported separately; the GRIP origin runs inside the bench.",
             "Churn and storm only apply to systems with a per-user backend stream (ssemux, nginx pass-through); they are reported n/a for the publish-model systems.",
+            format!(
+                "Idle split (ssemux only): the idle scenario again at {} on fresh systems (same tabs, different users); PSS after − before = users × per-user + tabs × per-tab, solved from those two layouts.",
+                profile
+                    .idle_split
+                    .iter()
+                    .map(|(u, t)| format!("{u} × {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
         ],
     });
+    if kinds.iter().any(|k| Kind::OPT_IN.contains(k))
+        && let Some(n) = run["notes"].as_array_mut()
+    {
+        n.push(json!(
+            "ssemux-https(-h2): ssemux with `--backend https://<nginx> --set upstream.extra_ca_pem=<test CA>` (ssemux-https-h2 adds `--set upstream.http_version=http2`), in front of a stock nginx terminating TLS (`listen … ssl http2`, default `http2_max_concurrent_streams` 128, `proxy_buffering off`) in front of the mock. Only ssemux's PSS is counted (not nginx's, not the mock's); `backend streams` is what reached the mock through nginx. Idle only."
+        ));
+    }
     std::fs::write(&json_path, serde_json::to_string_pretty(&run)?)?;
     let plot = std::process::Command::new("python3")
         .arg(plot_script)
@@ -311,6 +342,41 @@ async fn run(
         markdown.display()
     );
     Ok(())
+}
+
+/// The idle scenario at the profile's layout and, for ssemux, at the two
+/// split layouts (same tabs, different users), each on a fresh system, so
+/// per-user and per-tab cost come out of one run.
+async fn idle_with_split(kind: Kind, env: &Env, p: &Profile) -> Result<Value, String> {
+    let (users, tabs) = (p.idle_users, p.idle_tabs);
+    let mut v = on_fresh(kind, env, users, async |s| {
+        scenarios::idle(s, users, tabs).await
+    })
+    .await?;
+    if !kind.is_ssemux() {
+        return Ok(v);
+    }
+    let mut layouts = Vec::new();
+    for &(users, tabs) in &p.idle_split {
+        eprintln!("   idle split {users}×{tabs}…");
+        let l = on_fresh(kind, env, users, async |s| {
+            scenarios::idle(s, users, tabs).await
+        })
+        .await;
+        match l {
+            Ok(l) => {
+                eprintln!("   idle split {users}×{tabs}: {}", short(&l));
+                layouts.push(l);
+            }
+            Err(e) => {
+                eprintln!("   idle split {users}×{tabs} could not start: {e}");
+                v["split"] = json!({"error": format!("{users} × {tabs} could not start: {e}")});
+                return Ok(v);
+            }
+        }
+    }
+    v["split"] = scenarios::idle_split(&layouts);
+    Ok(v)
 }
 
 fn short(v: &Value) -> String {

@@ -219,6 +219,8 @@ pub fn markdown(run: &Value) -> String {
         );
     }
 
+    idle_split(&mut out, &systems, bi);
+
     // Churn.
     let _ = writeln!(
         out,
@@ -285,6 +287,74 @@ pub fn markdown(run: &Value) -> String {
         }
     }
     out
+}
+
+/// The idle cost split into per user and per tab, for systems that ran the
+/// split layouts (ssemux and its https variants).
+fn idle_split(out: &mut String, systems: &[Value], base: Option<&Value>) {
+    let has = |s: &Value| scenario(s, "idle").is_some_and(|i| i.get("split").is_some());
+    if !systems.iter().any(has) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Idle split: per user and per tab\n\n\
+         The idle scenario again on fresh systems at two layouts with the same tabs and different users; \
+         PSS after − before = users × per user + tabs × per tab, solved from the two. Per user is a user's \
+         channel, hub entry, upstream and auth cache entry; per tab its connection and tab state.\n\n\
+         | system | layout | tabs open | server PSS Δ | backend streams | per user | per tab |\n|---|---|---|---|---|---|---|"
+    );
+    let kib = |v: &Value, k: &str| f(&v[k]).map(|b| b / 1024.0);
+    let bsplit = base.map(|b| &b["split"]);
+    for s in systems.iter().filter(|s| has(s)) {
+        let name = s["system"].as_str().unwrap_or("?");
+        let split = &s["idle"]["split"];
+        if let Some(e) = split["error"].as_str() {
+            let _ = writeln!(out, "| {name} | error: {e} | | | | | |");
+            continue;
+        }
+        let layouts = split["layouts"].as_array().cloned().unwrap_or_default();
+        for (i, l) in layouts.iter().enumerate() {
+            let delta = f(&l["server_pss_after"])
+                .zip(f(&l["server_pss_before"]))
+                .map(|(a, b)| (a - b) / 1048576.0);
+            let (per_user, per_tab) = if i == 0 {
+                (
+                    cell(
+                        kib(split, "per_user_bytes"),
+                        bsplit.and_then(|b| kib(b, "per_user_bytes")),
+                        " KiB",
+                    ),
+                    cell(
+                        kib(split, "per_tab_bytes"),
+                        bsplit.and_then(|b| kib(b, "per_tab_bytes")),
+                        " KiB",
+                    ),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} × {} | {} / {} | {} | {} | {} | {} |",
+                if i == 0 { name } else { "" },
+                l["users"],
+                l["tabs_per_user"],
+                l["tabs_open"],
+                l["tabs"],
+                num(delta, " MiB"),
+                l["backend_streams"],
+                per_user,
+                per_tab,
+            );
+        }
+        if split["all_tabs_opened"] == false {
+            let _ = writeln!(
+                out,
+                "| {name} | not every tab opened: the split counts the tabs that did | | | | | |"
+            );
+        }
+    }
 }
 
 fn why(sys: &Value, scenario: &str) -> String {

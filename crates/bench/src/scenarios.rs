@@ -34,6 +34,10 @@ pub struct Profile {
     pub idle_users: usize,
     /// Idle-scale tabs per user.
     pub idle_tabs: usize,
+    /// Two (users, tabs per user) layouts with the same tabs and different
+    /// users, run for ssemux to split its idle cost into per-user and
+    /// per-tab.
+    pub idle_split: Vec<(usize, usize)>,
     /// Churn users.
     pub churn_users: usize,
     /// Tabs alive at once during churn (upper bound).
@@ -56,6 +60,7 @@ impl Profile {
             step_secs: 3.0,
             idle_users: 2000,
             idle_tabs: 2,
+            idle_split: vec![(4000, 1), (1000, 4)],
             churn_users: 300,
             churn_tabs: 400,
             churn_secs: 10.0,
@@ -75,6 +80,7 @@ impl Profile {
             step_secs: 10.0,
             idle_users: 10_000,
             idle_tabs: 2,
+            idle_split: vec![(20_000, 1), (5000, 4)],
             churn_users: 2000,
             churn_tabs: 3000,
             churn_secs: 60.0,
@@ -252,8 +258,8 @@ pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
     })
 }
 
-/// (b) Idle scale: many tabs, no events; memory per tab.
-pub async fn idle(sys: &Arc<System>, p: &Profile) -> Value {
+/// (b) Idle scale: `users` × `tabs` tabs, no events; memory per tab.
+pub async fn idle(sys: &Arc<System>, users: usize, tabs: usize) -> Value {
     let rec = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
     let servers = sys.server_pids();
@@ -261,8 +267,8 @@ pub async fn idle(sys: &Arc<System>, p: &Profile) -> Value {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = procs::sample(&servers);
     let bbase = procs::sample(&backend);
-    let n = p.idle_users * p.idle_tabs;
-    let specs: Vec<TabSpec> = (0..n).map(|i| spec_for(sys, i % p.idle_users)).collect();
+    let n = users * tabs;
+    let specs: Vec<TabSpec> = (0..n).map(|i| spec_for(sys, i % users)).collect();
     let t0 = Instant::now();
     let open = open_tabs(specs, &rec, &stop, Duration::from_secs(120)).await;
     let open_secs = t0.elapsed().as_secs_f64();
@@ -278,6 +284,8 @@ pub async fn idle(sys: &Arc<System>, p: &Profile) -> Value {
         0.0
     };
     json!({
+        "users": users,
+        "tabs_per_user": tabs,
         "tabs": n,
         "tabs_open": open,
         "failed_opens": rec.failed.load(Ordering::SeqCst),
@@ -290,6 +298,36 @@ pub async fn idle(sys: &Arc<System>, p: &Profile) -> Value {
         "backend_pss_per_tab_bytes": if open > 0 { (bafter.pss.saturating_sub(bbase.pss)) as f64 / open as f64 } else { 0.0 },
         "backend_streams": upstream,
         "server_cpu_s_to_open": after.cpu_s - base.cpu_s,
+    })
+}
+
+/// Per-user and per-tab idle cost from two idle results with different
+/// users per tab: solves `Δpss = users × per_user + tabs × per_tab`. Users
+/// are the layout's users; tabs are the tabs that opened.
+pub fn idle_split(layouts: &[Value]) -> Value {
+    let point = |v: &Value| {
+        let users = v["users"].as_f64()?;
+        let tabs = v["tabs_open"].as_f64()?;
+        let d = v["server_pss_after"].as_f64()? - v["server_pss_before"].as_f64()?;
+        Some((users, tabs, d))
+    };
+    let solved = match layouts {
+        [a, b] => point(a)
+            .zip(point(b))
+            .and_then(|((u1, n1, d1), (u2, n2, d2))| {
+                let det = u1 * n2 - u2 * n1;
+                (det != 0.0).then(|| ((d1 * n2 - d2 * n1) / det, (u1 * d2 - u2 * d1) / det))
+            }),
+        _ => None,
+    };
+    let complete = layouts
+        .iter()
+        .all(|l| l["tabs_open"].as_u64().is_some() && l["tabs_open"] == l["tabs"]);
+    json!({
+        "layouts": layouts,
+        "per_user_bytes": solved.map(|s| s.0),
+        "per_tab_bytes": solved.map(|s| s.1),
+        "all_tabs_opened": complete,
     })
 }
 

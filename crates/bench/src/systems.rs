@@ -1,7 +1,9 @@
 //! Systems: the five things under test, each started on loopback from the
 //! same recipe every run — ssemux + mock backend, nginx pass-through in front
 //! of the mock, Pushpin with a GRIP origin, nchan, and the raw floor — and the
-//! one way each of them is fed events and reached by tabs.
+//! one way each of them is fed events and reached by tabs. Two opt-in
+//! variants put ssemux in front of an https backend (nginx terminating TLS
+//! with h2 in front of the mock) for the idle scenario.
 //!
 //! Owns configs, ports, process start/stop and publishing. It must never
 //! leave a process behind (every child is a [`Proc`], killed on drop) and
@@ -12,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +43,11 @@ pub enum Kind {
     Nchan,
     /// The raw tokio floor.
     Floor,
+    /// ssemux with an `https://` backend: nginx terminating TLS (`listen …
+    /// ssl http2`, default stream limit) in front of the mock. Idle only.
+    SsemuxHttps,
+    /// The same with `upstream.http_version=http2` forced. Idle only.
+    SsemuxHttpsH2,
 }
 
 impl Kind {
@@ -52,6 +60,9 @@ impl Kind {
         Kind::Floor,
     ];
 
+    /// Selectable with `--systems` but not run by default.
+    pub const OPT_IN: [Kind; 2] = [Kind::SsemuxHttps, Kind::SsemuxHttpsH2];
+
     /// Name in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -60,18 +71,51 @@ impl Kind {
             Kind::Pushpin => "pushpin",
             Kind::Nchan => "nchan",
             Kind::Floor => "raw-floor",
+            Kind::SsemuxHttps => "ssemux-https",
+            Kind::SsemuxHttpsH2 => "ssemux-https-h2",
         }
     }
 
     /// Parse a report name.
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::OPT_IN)
+            .find(|k| k.name() == s)
     }
 
     /// Whether tabs of this system are fed by a per-user backend stream
     /// (so backend restarts and upstream counts mean something).
     pub fn has_backend_stream(self) -> bool {
-        matches!(self, Kind::Ssemux | Kind::NginxPassthrough)
+        self.is_ssemux() || self == Kind::NginxPassthrough
+    }
+
+    /// ssemux, whatever its backend.
+    pub fn is_ssemux(self) -> bool {
+        matches!(self, Kind::Ssemux | Kind::SsemuxHttps | Kind::SsemuxHttpsH2)
+    }
+
+    /// Why `scenario` is not run for this system, if it is not.
+    pub fn not_applicable(self, scenario: &str) -> Option<&'static str> {
+        match self {
+            Kind::SsemuxHttps | Kind::SsemuxHttpsH2 if scenario != "idle" => Some(
+                "the https backend variants measure idle memory only (see the plain-http ssemux row)",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The file ssemux (or the system's main process) logs to.
+    pub fn log_file(self) -> &'static str {
+        match self {
+            Kind::Ssemux => "ssemux.log",
+            Kind::NginxPassthrough => "nginx.log",
+            Kind::Pushpin => "pushpin.log",
+            Kind::Nchan => "nchan.log",
+            Kind::Floor => "floor.log",
+            Kind::SsemuxHttps => "ssemux-https.log",
+            Kind::SsemuxHttpsH2 => "ssemux-https-h2.log",
+        }
     }
 }
 
@@ -90,14 +134,54 @@ const MOCK_PORT: u16 = 18_081;
 const SSEMUX_PORT: u16 = 18_080;
 const NGINX_PORT: u16 = 18_090;
 const NCHAN_PORT: u16 = 18_091;
+const NGINX_TLS_PORT: u16 = 18_092;
 const PUSHPIN_PORT: u16 = 18_100;
 const PUSHPIN_PUBLISH_PORT: u16 = 18_101;
 const PUSHPIN_ORIGIN_PORT: u16 = 18_102;
 const FLOOR_PORT: u16 = 18_110;
 const FLOOR_CONTROL_PORT: u16 = 18_111;
 
-fn lo(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+const PUSHPIN_PUSH_IN_PORT: u16 = 18_103;
+const PUSHPIN_PUSH_SUB_PORT: u16 = 18_104;
+const PUSHPIN_COMMAND_PORT: u16 = 18_105;
+/// The highest of the ports above.
+const LAST_PORT: u16 = FLOOR_CONTROL_PORT;
+
+/// Added to every port above (`--port-offset`), so that two bench runs on
+/// one machine do not measure each other's processes.
+static PORT_OFFSET: AtomicU16 = AtomicU16::new(0);
+
+/// Shift every port of this run by `offset`.
+pub fn set_port_offset(offset: u16) -> anyhow::Result<()> {
+    if LAST_PORT.checked_add(offset).is_none() {
+        anyhow::bail!("--port-offset {offset} puts ports past 65535");
+    }
+    PORT_OFFSET.store(offset, Ordering::Relaxed);
+    Ok(())
+}
+
+/// One of the ports above, shifted by the run's offset.
+fn port(base: u16) -> u16 {
+    base + PORT_OFFSET.load(Ordering::Relaxed)
+}
+
+/// Loopback address of one of the ports above (shifted by the offset).
+fn lo(base: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port(base)))
+}
+
+/// Fail if something already listens on one of `ports` (another bench run):
+/// waiting for a port would otherwise find that run's process and measure it.
+async fn ensure_free(ports: &[u16]) -> anyhow::Result<()> {
+    for &p in ports {
+        if TcpStream::connect(lo(p)).await.is_ok() {
+            anyhow::bail!(
+                "something already listens on {} (another bench run?); pass --port-offset to use other ports",
+                lo(p)
+            );
+        }
+    }
+    Ok(())
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -108,6 +192,9 @@ pub struct System {
     pub kind: Kind,
     servers: Vec<Proc>,
     backend: Option<Proc>,
+    /// Processes in the path that are neither measured nor the backend
+    /// (the TLS-terminating nginx of the https variants).
+    helpers: Vec<Proc>,
     tab_addr: SocketAddr,
     http: HttpClient,
     cookies: Vec<String>,
@@ -190,7 +277,7 @@ fn nginx_conf(env: &Env, name: &str, body: &str, module: Option<&str>) -> anyhow
     Ok(path)
 }
 
-async fn spawn_nginx(env: &Env, name: &str, conf: &Path, port: u16) -> anyhow::Result<Proc> {
+async fn spawn_nginx(env: &Env, name: &str, conf: &Path, base: u16) -> anyhow::Result<Proc> {
     let nginx = which("nginx")
         .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
         .ok_or_else(|| anyhow::anyhow!("nginx is not installed"))?;
@@ -205,8 +292,43 @@ async fn spawn_nginx(env: &Env, name: &str, conf: &Path, port: u16) -> anyhow::R
         cmd,
         &env.work.join(format!("{name}.log")),
     )?];
-    wait_port(lo(port), &mut p, Duration::from_secs(15)).await?;
+    wait_port(lo(base), &mut p, Duration::from_secs(15)).await?;
     p.pop().ok_or_else(|| anyhow::anyhow!("nginx vanished"))
+}
+
+/// Start ssemux in front of `backend` with the variant's `sets`, then the
+/// user's `--ssemux-set` values (which may override them).
+async fn spawn_ssemux(env: &Env, kind: Kind, backend: &str, sets: &[&str]) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(env.bin_dir.join("ssemux"));
+    cmd.arg("serve")
+        .args(["--backend", backend])
+        .args(["--listen", &lo(SSEMUX_PORT).to_string()])
+        .args(["--set", "hub.max_total_tabs=1000000"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
+        .args(env.ssemux_sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .env("SSEMUX_LOG", "warn");
+    let mut p = vec![Proc::spawn(
+        kind.name(),
+        cmd,
+        &env.work.join(kind.log_file()),
+    )?];
+    wait_port(lo(SSEMUX_PORT), &mut p, Duration::from_secs(15)).await?;
+    p.pop().ok_or_else(|| anyhow::anyhow!("ssemux vanished"))
+}
+
+/// The test certificate (for 127.0.0.1 and localhost), its key and CA, as
+/// absolute paths: nginx and ssemux run with other working directories.
+fn tls_data_dir() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/tests/data");
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("test certificates not found in {}: {e}", dir.display()))?;
+    for f in ["server.pem", "server.key", "ca.pem"] {
+        if !dir.join(f).is_file() {
+            anyhow::bail!("test certificate {f} missing in {}", dir.display());
+        }
+    }
+    Ok(dir)
 }
 
 /// Pushpin's config: its stock internal.conf with the zurl IPC specs moved
@@ -226,13 +348,13 @@ fn pushpin_conf(env: &Env) -> anyhow::Result<PathBuf> {
     std::fs::write(dir.join("internal.conf"), internal)?;
     std::fs::write(
         dir.join("routes"),
-        format!("* 127.0.0.1:{PUSHPIN_ORIGIN_PORT}\n"),
+        format!("* {}\n", lo(PUSHPIN_ORIGIN_PORT)),
     )?;
     let d = dir.display();
     let conf = format!(
         "[global]\ninclude={d}/internal.conf\nrundir={d}/run\nipc_prefix=pushpin-\nport_offset=0\n\
          stats_connection_ttl=120\n\n\
-         [runner]\nservices=condure,zurl,pushpin-proxy,pushpin-handler\nhttp_port={PUSHPIN_PORT}\n\
+         [runner]\nservices=condure,zurl,pushpin-proxy,pushpin-handler\nhttp_port={}\n\
          logdir={d}/log\nlog_level=1\nclient_buffer_size=8192\nclient_maxconn=200000\n\
          condure_bin=condure\nmongrel2_bin=mongrel2\nm2sh_bin=m2sh\nzurl_bin=zurl\n\n\
          [proxy]\nroutesfile={d}/routes\ndebug=false\nauto_cross_origin=false\n\
@@ -240,13 +362,18 @@ fn pushpin_conf(env: &Env) -> anyhow::Result<PathBuf> {
          x_forwarded_for_trusted=\norig_headers_need_mark=\naccept_pushpin_route=false\nlog_from=false\n\
          log_user_agent=false\nsig_iss=pushpin\nsig_key=changeme\nupstream_key=\nupdates_check=off\n\
          organization_name=\n\n\
-         [handler]\npush_in_spec=tcp://127.0.0.1:18103\npush_in_sub_specs=tcp://127.0.0.1:18104\n\
-         push_in_sub_connect=false\npush_in_http_addr=127.0.0.1\npush_in_http_port={PUSHPIN_PUBLISH_PORT}\n\
+         [handler]\npush_in_spec=tcp://{}\npush_in_sub_specs=tcp://{}\n\
+         push_in_sub_connect=false\npush_in_http_addr=127.0.0.1\npush_in_http_port={}\n\
          push_in_http_max_headers_size=10000\npush_in_http_max_body_size=100000000\n\
-         stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\ncommand_spec=tcp://127.0.0.1:18105\n\
+         stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\ncommand_spec=tcp://{}\n\
          message_rate=0\nmessage_hwm=10000000\nmessage_wait=5000\nid_cache_ttl=60\n\
          connection_subscription_max=20\nsubscription_linger=60\nstats_subscription_ttl=60\n\
-         stats_report_interval=10\nstats_format=tnetstring\n"
+         stats_report_interval=10\nstats_format=tnetstring\n",
+        port(PUSHPIN_PORT),
+        lo(PUSHPIN_PUSH_IN_PORT),
+        lo(PUSHPIN_PUSH_SUB_PORT),
+        port(PUSHPIN_PUBLISH_PORT),
+        lo(PUSHPIN_COMMAND_PORT),
     );
     let path = dir.join("pushpin.conf");
     std::fs::write(&path, conf)?;
@@ -298,35 +425,67 @@ impl System {
             kind,
             servers: Vec::new(),
             backend: None,
+            helpers: Vec::new(),
             tab_addr: lo(SSEMUX_PORT),
             http: http_client(),
             cookies: Vec::new(),
             floor_ctl: None,
             origin: None,
         };
+        let ports: &[u16] = match kind {
+            Kind::Ssemux => &[SSEMUX_PORT, MOCK_PORT],
+            Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => &[SSEMUX_PORT, MOCK_PORT, NGINX_TLS_PORT],
+            Kind::NginxPassthrough => &[NGINX_PORT, MOCK_PORT],
+            Kind::Nchan => &[NCHAN_PORT],
+            Kind::Pushpin => &[PUSHPIN_PORT, PUSHPIN_PUBLISH_PORT, PUSHPIN_ORIGIN_PORT],
+            Kind::Floor => &[FLOOR_PORT, FLOOR_CONTROL_PORT],
+        };
+        ensure_free(ports).await?;
         match kind {
             Kind::Ssemux => {
                 sys.backend = Some(spawn_mock(env).await?);
-                let mut cmd = Command::new(env.bin_dir.join("ssemux"));
-                cmd.arg("serve")
-                    .args(["--backend", &format!("http://{}", lo(MOCK_PORT))])
-                    .args(["--listen", &lo(SSEMUX_PORT).to_string()])
-                    .args(["--set", "hub.max_total_tabs=1000000"])
-                    .args(env.ssemux_sets.iter().flat_map(|s| ["--set", s.as_str()]))
-                    .env("SSEMUX_LOG", "warn");
-                let mut p = vec![Proc::spawn("ssemux", cmd, &env.work.join("ssemux.log"))?];
-                wait_port(lo(SSEMUX_PORT), &mut p, Duration::from_secs(15)).await?;
-                sys.servers = p;
+                let backend = format!("http://{}", lo(MOCK_PORT));
+                sys.servers = vec![spawn_ssemux(env, kind, &backend, &[]).await?];
+                sys.tab_addr = lo(SSEMUX_PORT);
+            }
+            Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
+                let data = tls_data_dir()?;
+                sys.backend = Some(spawn_mock(env).await?);
+                // Stock nginx otherwise: the default
+                // `http2_max_concurrent_streams` (128) is the point.
+                let body = format!(
+                    "  upstream backend {{ server {mock}; keepalive 256; }}\n\
+                     server {{\n    listen {listen} ssl http2 backlog=65535;\n\
+                     ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                     location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
+                     proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+                     proxy_read_timeout 1h;\n    }}\n  }}",
+                    mock = lo(MOCK_PORT),
+                    listen = lo(NGINX_TLS_PORT),
+                    cert = data.join("server.pem").display(),
+                    key = data.join("server.key").display(),
+                );
+                let conf = nginx_conf(env, "nginx-tls", &body, None)?;
+                sys.helpers = vec![spawn_nginx(env, "nginx-tls", &conf, NGINX_TLS_PORT).await?];
+                let ca = format!("upstream.extra_ca_pem={}", data.join("ca.pem").display());
+                let mut sets = vec![ca.as_str()];
+                if kind == Kind::SsemuxHttpsH2 {
+                    sets.push("upstream.http_version=http2");
+                }
+                let backend = format!("https://{}", lo(NGINX_TLS_PORT));
+                sys.servers = vec![spawn_ssemux(env, kind, &backend, &sets).await?];
                 sys.tab_addr = lo(SSEMUX_PORT);
             }
             Kind::NginxPassthrough => {
                 sys.backend = Some(spawn_mock(env).await?);
                 let body = format!(
-                    "  upstream backend {{ server 127.0.0.1:{MOCK_PORT}; keepalive 256; }}\n\
-                     server {{\n    listen 127.0.0.1:{NGINX_PORT} backlog=65535;\n\
+                    "  upstream backend {{ server {mock}; keepalive 256; }}\n\
+                     server {{\n    listen {listen} backlog=65535;\n\
                      location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
                      proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
-                     proxy_read_timeout 1h;\n    }}\n  }}"
+                     proxy_read_timeout 1h;\n    }}\n  }}",
+                    mock = lo(MOCK_PORT),
+                    listen = lo(NGINX_PORT),
                 );
                 let conf = nginx_conf(env, "nginx", &body, None)?;
                 sys.servers = vec![spawn_nginx(env, "nginx", &conf, NGINX_PORT).await?];
@@ -338,10 +497,11 @@ impl System {
                     anyhow::bail!("nchan is not installed ({module} missing)");
                 }
                 let body = format!(
-                    "  nchan_shared_memory_size 512m;\n  server {{\n    listen 127.0.0.1:{NCHAN_PORT} backlog=65535;\n\
+                    "  nchan_shared_memory_size 512m;\n  server {{\n    listen {listen} backlog=65535;\n\
                      location ~ ^/sub/(\\w+)$ {{\n      nchan_subscriber eventsource;\n      nchan_channel_id $1;\n    }}\n\
                      location ~ ^/pub/(\\w+)$ {{\n      allow 127.0.0.1;\n      deny all;\n      nchan_publisher;\n\
-                     nchan_channel_id $1;\n      nchan_message_buffer_length 16;\n      nchan_message_timeout 60s;\n    }}\n  }}"
+                     nchan_channel_id $1;\n      nchan_message_buffer_length 16;\n      nchan_message_timeout 60s;\n    }}\n  }}",
+                    listen = lo(NCHAN_PORT),
                 );
                 let conf = nginx_conf(env, "nchan", &body, Some(module))?;
                 sys.servers = vec![spawn_nginx(env, "nchan", &conf, NCHAN_PORT).await?];
@@ -424,7 +584,9 @@ impl System {
     /// How tab number `i` of user `user` connects.
     pub fn tab_spec(&self, user: usize, i: usize) -> TabSpec {
         let (path, cookie) = match self.kind {
-            Kind::Ssemux => ("/events".to_string(), self.cookies.get(user).cloned()),
+            Kind::Ssemux | Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
+                ("/events".to_string(), self.cookies.get(user).cloned())
+            }
             Kind::NginxPassthrough => (
                 "/api/v1/events".to_string(),
                 self.cookies.get(user).cloned(),
@@ -481,7 +643,7 @@ impl System {
             return Ok(0);
         }
         match self.kind {
-            Kind::Ssemux => {
+            Kind::Ssemux | Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
                 let mut body = String::with_capacity(users.len() * 48);
                 for u in users {
                     body.push_str(&format!(
