@@ -281,3 +281,48 @@ async fn the_read_path_limits_reads_per_client_address_before_asking_who() {
     // A burst of 10 passes, the rest of a tight loop is refused.
     assert!(limited >= 15, "only {limited} of 30 reads were limited");
 }
+
+#[tokio::test]
+async fn a_session_revoked_at_the_backend_loses_its_tab_and_cannot_open_another() {
+    let env = Env::start(&["auth.recheck_interval=1s"]).await;
+    let kept = env.backend.create_session("alice");
+    let revoked = env.backend.create_session("alice");
+    let mut kept_tab = env.tab(&format!("session={kept}")).await;
+    let mut revoked_tab = env.tab(&format!("session={revoked}")).await;
+    env.backend.revoke_session(&revoked);
+    // The re-check runs when the interval has passed and the stream wakes;
+    // a message a round wakes it. Bounded by the deadline.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut logged_out = false;
+    while !logged_out && tokio::time::Instant::now() < deadline {
+        env.backend.send_message("bob", "alice", "ping");
+        while let Some(ev) = revoked_tab
+            .next_within(std::time::Duration::from_millis(300))
+            .await
+        {
+            if ev.event == "logout" {
+                logged_out = true;
+                break;
+            }
+        }
+    }
+    assert!(logged_out, "the revoked session's tab was never logged out");
+    assert!(
+        revoked_tab.ended_within(WAIT).await,
+        "its stream did not end"
+    );
+    // The other session of the same user goes on.
+    env.backend.send_message("bob", "alice", "still here");
+    let seen = kept_tab.until("thread-updated").await;
+    assert!(seen.iter().all(|e| e.event != "logout"), "{seen:?}");
+    // And the revoked session cannot open a new tab (no cached identity).
+    let (s, _, _) = common::request(
+        env.addr,
+        "GET",
+        "/events",
+        &[("cookie", &format!("session={revoked}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, http::StatusCode::UNAUTHORIZED);
+}

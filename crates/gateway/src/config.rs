@@ -224,6 +224,11 @@ pub struct AuthConfig {
     /// sending a logged-out browser to its login page: `401` to the tab, with
     /// the redirect's `Location`) or `error` (`503`, like a backend fault).
     pub redirect_means: RedirectMeans,
+    /// How often each distinct credential of a user's channel is asked about
+    /// again (and on every upstream reconnect): a session revoked at the
+    /// backend loses its tabs (`logout`) within this. `0s` = never.
+    #[serde(with = "duration")]
+    pub recheck_interval: Duration,
 }
 
 /// `auth.redirect_means`.
@@ -249,6 +254,7 @@ impl Default for AuthConfig {
             retry_after_secs: 2,
             session_cookie: "session".into(),
             redirect_means: RedirectMeans::LoggedOut,
+            recheck_interval: Duration::from_secs(60),
         }
     }
 }

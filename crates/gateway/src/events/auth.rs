@@ -12,6 +12,9 @@ use crate::body::{self, Body};
 use crate::config::{AuthConfig, RedirectMeans};
 use crate::cookie::{cookie_header, cookie_value};
 use crate::metrics::{AuthResult, Metrics};
+use crate::upstream::connector::CredentialCheck;
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
 
 use crate::cookie::MAX_COOKIE_BYTES;
 /// Largest `/me` answer read.
@@ -106,7 +109,6 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// `me_url` is the backend's introspection endpoint.
     /// `me_url` is the backend's identity endpoint (`auth.me_path`).
     pub fn new(client: BackendClient, me_url: Uri, settings: AuthConfig, metrics: Metrics) -> Self {
         Auth {
@@ -317,6 +319,28 @@ impl Auth {
             ));
         }
         Ok(Known::User(user))
+    }
+}
+
+/// The identity lookup as the upstream's credential re-check: asks the
+/// backend, bypassing the cache, and caches what it says, so a refused
+/// session is refused to new tabs too.
+pub struct Recheck(pub Arc<Auth>);
+
+impl CredentialCheck for Recheck {
+    fn still_valid(&self, user: &str, cookie: &str) -> BoxFuture<'static, Option<bool>> {
+        let this = self.0.clone();
+        let (user, cookie) = (user.to_string(), cookie.to_string());
+        Box::pin(async move {
+            let known = this.ask_backend(&cookie).await.ok()?;
+            let ttl = match known {
+                Known::User(_) => this.settings.cache_ttl,
+                Known::Refused(_) => this.settings.negative_ttl,
+            };
+            let valid = matches!(&known, Known::User(u) if *u == user);
+            this.remember(cache_key(&cookie), known, Instant::now() + ttl);
+            Some(valid)
+        })
     }
 }
 

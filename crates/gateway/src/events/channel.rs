@@ -85,6 +85,8 @@ struct Credential {
     // Tabs holding this cookie right now; 0 = kept only for grace.
     holders: usize,
     refused: bool,
+    // The backend no longer knows this session: its tabs are logged out.
+    revoked: bool,
 }
 
 struct State {
@@ -114,6 +116,8 @@ pub struct Channel {
     // (`max(hub.ring_size, hub.max_lag_frames)`).
     ring_max: usize,
     wake: watch::Sender<()>,
+    // Bumped by every credential revocation.
+    revocations: AtomicU64,
     // Wakes tabs waiting for the first upstream connect (or the close).
     upstream_ready: Notify,
     state: Mutex<State>,
@@ -146,6 +150,7 @@ impl Channel {
             ring_size,
             ring_max: ring_size.max(max_lag_frames),
             wake: watch::Sender::new(()),
+            revocations: AtomicU64::new(0),
             upstream_ready: Notify::new(),
             state: Mutex::new(State {
                 seq: 0,
@@ -400,6 +405,7 @@ impl Channel {
             c.holders += 1;
             // The tab just authenticated with it: worth trying again.
             c.refused = false;
+            c.revoked = false;
             return c.key;
         }
         let key = st.next_key;
@@ -409,6 +415,7 @@ impl Channel {
             cookie: cookie.to_string(),
             holders: 1,
             refused: false,
+            revoked: false,
         });
         key
     }
@@ -437,6 +444,41 @@ impl Channel {
             .find(|c| c.holders > 0)
             .or_else(|| usable().next())
             .map(|c| (c.key, c.cookie.clone()))
+    }
+
+    /// The live credentials (held by a tab, not refused), to re-check.
+    pub fn live_credentials(&self) -> Vec<(u64, String)> {
+        self.lock()
+            .creds
+            .iter()
+            .filter(|c| c.holders > 0 && !c.refused)
+            .map(|c| (c.key, c.cookie.clone()))
+            .collect()
+    }
+
+    /// The backend no longer accepts credential `key` (a revoked session):
+    /// it is not used again, and the tabs holding it are woken to log out.
+    pub fn revoke_credential(&self, key: u64) {
+        let mut st = self.lock();
+        let Some(c) = st.creds.iter_mut().find(|c| c.key == key) else {
+            return;
+        };
+        c.refused = true;
+        c.revoked = true;
+        drop(st);
+        self.revocations.fetch_add(1, Ordering::Release);
+        self.wake.send_replace(());
+    }
+
+    /// Revocations so far: a tab compares it with what it saw last, so the
+    /// check on its hot path is one atomic load.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Whether credential `key` was revoked.
+    pub fn is_revoked(&self, key: u64) -> bool {
+        self.lock().creds.iter().any(|c| c.key == key && c.revoked)
     }
 
     /// The backend refused these credentials.

@@ -67,6 +67,18 @@ impl Subscription {
     pub fn channel(&self) -> &Arc<Channel> {
         &self.channel
     }
+
+    /// Whether the credential this tab brought was revoked since the
+    /// channel's revocation count was `seen`; updates `seen`. One atomic
+    /// load unless something was revoked.
+    pub fn credential_revoked(&self, seen: &mut u64) -> bool {
+        let now = self.channel.revocations();
+        if now == *seen {
+            return false;
+        }
+        *seen = now;
+        self.channel.is_revoked(self.cred_key)
+    }
 }
 
 impl Drop for Subscription {

@@ -50,6 +50,17 @@ fn lag_resync_frame() -> Bytes {
         .clone()
 }
 
+/// The `logout` sent to a tab whose own session was revoked (no id: it is
+/// not part of the channel's sequence).
+fn logout_frame() -> Bytes {
+    static FRAME: OnceLock<Bytes> = OnceLock::new();
+    FRAME
+        .get_or_init(|| {
+            ssemux_sse::encode_event(None, Some(trigger::LOGOUT), "1").unwrap_or_default()
+        })
+        .clone()
+}
+
 /// What the body keeps alive for as long as the tab is connected.
 pub struct TabHold {
     /// The tab's hold on its channel.
@@ -60,11 +71,16 @@ pub struct TabHold {
 
 struct TabState {
     pending: VecDeque<Bytes>,
+    // The channel's revocation count this tab has looked at.
+    revocations_seen: u64,
+    // A `logout` was queued: the stream ends once it is written.
+    ending: bool,
     rx: Follower,
     settings: TabSettings,
     shutdown: CancellationToken,
-    // Held for its Drop: unsubscribes and clears the active peer.
-    _hold: TabHold,
+    // Asked whether its credential was revoked; held for its Drop, which
+    // unsubscribes and clears the active peer.
+    hold: TabHold,
 }
 
 /// Build the tab's response body from its attachment to the channel.
@@ -86,11 +102,13 @@ pub fn stream(
         .triggers_delivered(attach.replay.len() as u64);
     pending.extend(attach.replay);
     let state = TabState {
+        revocations_seen: hold.subscription.channel().revocations(),
+        ending: false,
         pending,
         rx: attach.rx,
         settings,
         shutdown,
-        _hold: hold,
+        hold,
     };
     let frames = futures_util::stream::unfold(state, next_chunk)
         .map(|b| Ok::<_, BoxError>(BodyFrame::data(b)));
@@ -101,6 +119,19 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
     loop {
         if let Some(b) = st.pending.pop_front() {
             return Some((b, st));
+        }
+        if st.ending {
+            return None;
+        }
+        if st
+            .hold
+            .subscription
+            .credential_revoked(&mut st.revocations_seen)
+        {
+            // This tab's session was revoked at the backend (the user's
+            // other sessions go on): it is logged out alone.
+            st.ending = true;
+            return Some((logout_frame(), st));
         }
         // A busy tab must see shutdown too, not only an idle one.
         if st.shutdown.is_cancelled() {

@@ -1,4 +1,4 @@
-//! Socket: the client connection's byte pipe, with a stall deadline on
+//! Write deadline: the client connection's byte pipe, with a stall deadline on
 //! writes. A tab whose browser stops reading would otherwise hold its slot,
 //! its buffers and its subscription forever; after `write_timeout` without a
 //! single byte accepted by the socket the connection fails and everything it

@@ -20,7 +20,7 @@ use self::tls::TlsAcceptor;
 use crate::backend::{BackendClient, ClientConfig, backend_client};
 use crate::config::{Config, HttpVersion};
 use crate::events::Events;
-use crate::events::auth::Auth;
+use crate::events::auth::{Auth, Recheck};
 use crate::events::hub::Hub;
 use crate::events::limit::ConnectLimiter;
 use crate::metrics::{Metrics, Sample};
@@ -102,6 +102,12 @@ impl Gateway {
             (Some(cert), Some(key)) => Some(self::tls::acceptor(cert, key)?),
             _ => None,
         };
+        let auth = Arc::new(Auth::new(
+            client.clone(),
+            cfg.backend_url(&cfg.auth.me_path)?,
+            cfg.auth.clone(),
+            metrics.clone(),
+        ));
         let upstream = Upstream::new(
             connector,
             Arc::new(cfg.translate.clone()),
@@ -110,13 +116,12 @@ impl Gateway {
         )
         .with_metrics(metrics.clone())
         .with_connect_rate(cfg.upstream.connects_per_second);
+        let upstream = if cfg.auth.recheck_interval.is_zero() {
+            upstream
+        } else {
+            upstream.with_recheck(Arc::new(Recheck(auth.clone())), cfg.auth.recheck_interval)
+        };
         let rules = upstream.rules_handle();
-        let auth = Arc::new(Auth::new(
-            client.clone(),
-            cfg.backend_url(&cfg.auth.me_path)?,
-            cfg.auth.clone(),
-            metrics.clone(),
-        ));
         let proxy = Proxy::new(
             backend,
             &cfg.proxy,

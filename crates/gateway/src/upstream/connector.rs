@@ -76,3 +76,12 @@ pub trait Connector: Send + Sync + 'static {
     /// Open one stream.
     fn connect(&self, req: ConnectRequest) -> BoxFuture<'static, Result<ByteStream, ConnectError>>;
 }
+
+/// Whether a credential still belongs to the user, asked of the backend
+/// again (bypassing any cache): `Some(false)` when the backend refuses it or
+/// names another user, `None` when it could not tell (a backend fault must
+/// not log anybody out).
+pub trait CredentialCheck: Send + Sync + 'static {
+    /// Ask about `cookie`, held by a tab of `user`.
+    fn still_valid(&self, user: &str, cookie: &str) -> BoxFuture<'static, Option<bool>>;
+}

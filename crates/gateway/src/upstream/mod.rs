@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
-use self::connector::{ByteStream, ConnectError, ConnectRequest, Connector};
+use self::connector::{ByteStream, ConnectError, ConnectRequest, Connector, CredentialCheck};
 use self::pacer::Pacer;
 use self::translate::{Rules, Translation};
 use crate::config::UpstreamConfig;
@@ -36,6 +36,16 @@ struct Batch {
     triggers: Vec<Trigger>,
     // When each event in the batch arrived (for the fan-out histogram).
     started: Vec<Instant>,
+}
+
+/// What one upstream task keeps across its connections.
+struct Kept {
+    /// Last upstream id seen, sent as `Last-Event-ID`.
+    last_id: Option<String>,
+    /// The upstream's last `retry:`.
+    retry_hint: Option<Duration>,
+    /// When the channel's credentials are next asked about again.
+    next_recheck: Option<Instant>,
 }
 
 /// How an upstream task ended.
@@ -68,6 +78,9 @@ pub struct Upstream {
     watermarks: Option<Watermarks>,
     metrics: Metrics,
     pacer: Pacer,
+    /// Re-asks the backend about every credential of a channel, on each
+    /// reconnect and every `recheck_interval` (revoked sessions).
+    recheck: Option<(Arc<dyn CredentialCheck>, Duration)>,
 }
 
 impl Upstream {
@@ -85,7 +98,15 @@ impl Upstream {
             watermarks,
             metrics: Metrics::default(),
             pacer: Pacer::new(0),
+            recheck: None,
         }
+    }
+
+    /// Re-check each distinct credential of a channel with `check` on every
+    /// reconnect and every `interval` (default: never).
+    pub fn with_recheck(mut self, check: Arc<dyn CredentialCheck>, interval: Duration) -> Self {
+        self.recheck = Some((check, interval));
+        self
     }
 
     /// Pace connect attempts of all users together to `per_second`
@@ -110,8 +131,14 @@ impl Upstream {
     pub async fn run(&self, channel: Arc<Channel>, cancel: CancellationToken) -> End {
         let s = &self.settings;
         let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
-        let mut last_id: Option<String> = None;
-        let mut retry_hint: Option<Duration> = None;
+        let mut at = Kept {
+            last_id: None,
+            retry_hint: None,
+            next_recheck: self
+                .recheck
+                .as_ref()
+                .map(|(_, every)| Instant::now() + *every),
+        };
         let mut connected_before = false;
         loop {
             let Some((key, cookie)) = channel.credential() else {
@@ -124,7 +151,7 @@ impl Upstream {
                 // Kept: the watermark advance posts with the credential the
                 // stream is open with.
                 cookie: cookie.clone(),
-                last_event_id: last_id.clone(),
+                last_event_id: at.last_id.clone(),
             };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
@@ -137,23 +164,21 @@ impl Upstream {
                 Ok(stream) => {
                     self.metrics.upstream_opened(connected_before);
                     let owed = channel.upstream_connected();
-                    if owed || (connected_before && last_id.is_none()) {
+                    if owed || (connected_before && at.last_id.is_none()) {
                         // Nothing to resume from: whatever happened while
                         // we were away is unknown to the tabs.
                         self.publish_resync(&channel);
                     }
+                    if connected_before {
+                        // A drop is when sessions tend to have changed; at
+                        // most once an interval all the same, so a backend
+                        // restart (every user reconnecting) is not also a
+                        // burst of identity calls.
+                        self.recheck_if_due(&channel, &mut at.next_recheck).await;
+                    }
                     connected_before = true;
                     let up_since = Instant::now();
-                    let how = self
-                        .pump(
-                            stream,
-                            &channel,
-                            &cookie,
-                            &mut last_id,
-                            &mut retry_hint,
-                            &cancel,
-                        )
-                        .await;
+                    let how = self.pump(stream, &channel, &cookie, &mut at, &cancel).await;
                     tracing::debug!(user = %channel.user(), ?how, "upstream connection ended");
                     self.metrics.upstream_closed(match how {
                         ConnEnd::Cancelled => None,
@@ -185,7 +210,7 @@ impl Upstream {
                     tracing::warn!(user = %channel.user(), error = %e, "upstream connect failed");
                 }
             }
-            let delay = backoff.next_delay().max(retry_hint.unwrap_or_default());
+            let delay = backoff.next_delay().max(at.retry_hint.unwrap_or_default());
             tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
                 _ = tokio::time::sleep(delay) => {}
@@ -198,13 +223,16 @@ impl Upstream {
         mut stream: ByteStream,
         channel: &Channel,
         cookie: &str,
-        last_id: &mut Option<String>,
-        retry_hint: &mut Option<Duration>,
+        at: &mut Kept,
         cancel: &CancellationToken,
     ) -> ConnEnd {
         let mut parser = Parser::new(self.settings.max_event_bytes);
         let mut batch = Batch::default();
         loop {
+            // Checked when the stream wakes the task (an event, a keepalive):
+            // no timer of its own per user. A stream silent past the idle
+            // timeout reconnects, and a reconnect checks too.
+            self.recheck_if_due(channel, &mut at.next_recheck).await;
             let next = tokio::select! {
                 _ = cancel.cancelled() => return ConnEnd::Cancelled,
                 n = tokio::time::timeout(self.settings.idle_timeout, stream.next()) => n,
@@ -226,15 +254,15 @@ impl Upstream {
                 match item {
                     Ok(Item::Event(ev)) => {
                         if !ev.last_event_id.is_empty() {
-                            *last_id = Some(ev.last_event_id.clone());
+                            at.last_id = Some(ev.last_event_id.clone());
                         } else if ev.has_id {
                             // An explicit empty id resets resumption.
-                            *last_id = None;
+                            at.last_id = None;
                         }
                         self.deliver(channel, cookie, &ev.event, &ev.data, &mut batch)
                             .await;
                     }
-                    Ok(Item::Retry(ms)) => *retry_hint = Some(Duration::from_millis(ms)),
+                    Ok(Item::Retry(ms)) => at.retry_hint = Some(Duration::from_millis(ms)),
                     Err(e) => {
                         tracing::warn!(user = %channel.user(), error = %e, "upstream event skipped");
                         self.push_resync(&mut batch);
@@ -244,6 +272,37 @@ impl Upstream {
             // Everything one read brought goes out as one publish: one lock,
             // one wake, and each tab writes the lot with one syscall.
             self.flush(channel, &mut batch);
+        }
+    }
+
+    /// Re-check the channel's credentials if `next` has come, and schedule
+    /// the next one.
+    async fn recheck_if_due(&self, channel: &Channel, next: &mut Option<Instant>) {
+        let Some(due) = *next else {
+            return;
+        };
+        if Instant::now() < due {
+            return;
+        }
+        self.recheck_credentials(channel).await;
+        *next = self
+            .recheck
+            .as_ref()
+            .map(|(_, every)| Instant::now() + *every);
+    }
+
+    /// Ask the backend about every live credential of the channel; the tabs
+    /// of one it refuses are logged out (the others stay). When none is left
+    /// the next connect finds no credential and logs the channel out whole.
+    async fn recheck_credentials(&self, channel: &Channel) {
+        let Some((check, _)) = &self.recheck else {
+            return;
+        };
+        for (key, cookie) in channel.live_credentials() {
+            if check.still_valid(channel.user(), &cookie).await == Some(false) {
+                tracing::info!(user = %channel.user(), "a session of the user was revoked; logging its tabs out");
+                channel.revoke_credential(key);
+            }
         }
     }
 

@@ -598,3 +598,120 @@ async fn a_tab_racing_a_logout_gets_a_fresh_channel() {
     settle().await;
     assert_eq!(event_names(&mut rx), vec!["resync"]);
 }
+
+/// A credential check that refuses the cookies it is told to.
+#[derive(Default)]
+struct Revoked {
+    refused: Mutex<Vec<String>>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl crate::upstream::connector::CredentialCheck for Revoked {
+    fn still_valid(
+        &self,
+        _user: &str,
+        cookie: &str,
+    ) -> futures_util::future::BoxFuture<'static, Option<bool>> {
+        self.asked.lock().expect("lock").push(cookie.to_string());
+        let ok = !self
+            .refused
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|c| c == cookie);
+        Box::pin(async move { Some(ok) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_session_loses_its_tabs_and_the_others_stay() {
+    use http_body_util::BodyExt;
+    let script = Arc::new(Script::default());
+    let check = Arc::new(Revoked::default());
+    let upstream = Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(Rules::default()),
+        settings(),
+        None,
+    )
+    .with_recheck(check.clone(), Duration::from_secs(60));
+    let hub = Hub::new(
+        HubConfig {
+            grace: GRACE,
+            ..HubConfig::default()
+        },
+        upstream,
+    );
+    let keep = hub.subscribe("alice", "session=kept").expect("sub");
+    let gone = hub.subscribe("alice", "session=revoked").expect("sub");
+    settle().await;
+    let tab = |sub: Subscription| {
+        let attach = sub.channel().attach(None);
+        let hold = crate::events::tab::TabHold {
+            subscription: sub,
+            mark: None,
+        };
+        let settings = crate::events::tab::TabSettings {
+            keepalive: Duration::from_secs(3600),
+            retry_ms: 1000,
+            metrics: crate::metrics::Metrics::default(),
+        };
+        crate::events::tab::stream(hold, attach, settings, CancellationToken::new())
+    };
+    let mut kept_body = tab(keep);
+    let mut gone_body = tab(gone);
+    check
+        .refused
+        .lock()
+        .expect("lock")
+        .push("session=revoked".into());
+    // Before the interval nothing is asked; after it, the next wake of the
+    // stream (a keepalive comment) re-checks both sessions.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    send(&script.stream(0), ": ka\n\n");
+    settle().await;
+    assert!(check.asked.lock().expect("lock").is_empty());
+    tokio::time::advance(Duration::from_secs(31)).await;
+    send(&script.stream(0), ": ka\n\n");
+    settle().await;
+    assert_eq!(check.asked.lock().expect("lock").len(), 2);
+    // The revoked session's tab: retry, position, then logout, then the end.
+    let mut texts = Vec::new();
+    while let Some(f) = gone_body.frame().await {
+        if let Ok(d) = f.expect("frame").into_data() {
+            texts.push(String::from_utf8_lossy(&d).to_string());
+        }
+    }
+    assert!(
+        texts.last().is_some_and(|t| t.contains("event: logout")),
+        "{texts:?}"
+    );
+    // The other session's tab goes on: it still gets triggers.
+    send(&script.stream(0), "event: resync\ndata: 1\n\n");
+    settle().await;
+    let mut got = String::new();
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_millis(10), kept_body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    got.push_str(&String::from_utf8_lossy(&d));
+                }
+            }
+            _ => break,
+        }
+    }
+    assert!(got.contains("event: resync"), "{got:?}");
+    assert!(!got.contains("logout"), "{got:?}");
+    // A reconnect re-checks too, once the interval has passed (a backend
+    // restart must not also be a burst of identity calls).
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let asked = check.asked.lock().expect("lock").len();
+    script.streams.lock().expect("lock").clear();
+    settle().await;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    settle().await;
+    assert!(
+        check.asked.lock().expect("lock").len() > asked,
+        "no re-check after the reconnect"
+    );
+}
