@@ -182,11 +182,7 @@ impl Auth {
             return Self::answer(known, cookie, session);
         }
         let known = self.ask_backend(&cookie).await?;
-        let ttl = match known {
-            Known::User(_) => self.settings.cache_ttl,
-            Known::Refused(_) => self.settings.negative_ttl,
-        };
-        self.remember(key, known.clone(), now + ttl);
+        self.remember(key, known.clone());
         Self::answer(known, cookie, session)
     }
 
@@ -226,9 +222,14 @@ impl Auth {
     /// most every `negative_ttl`), so refused junk credentials do not stay;
     /// past `cache_max_entries` or `cache_max_bytes` the cache starts over
     /// rather than grow.
-    fn remember(&self, key: CacheKey, known: Known, expires: Instant) {
+    fn remember(&self, key: CacheKey, known: Known) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
+        let expires = now
+            + match known {
+                Known::User(_) => self.settings.cache_ttl,
+                Known::Refused(_) => self.settings.negative_ttl,
+            };
         let due = {
             let mut next = self.next_sweep.lock().unwrap_or_else(|p| p.into_inner());
             let due = now >= *next;
@@ -333,12 +334,8 @@ impl CredentialCheck for Recheck {
         let (user, cookie) = (user.to_string(), cookie.to_string());
         Box::pin(async move {
             let known = this.ask_backend(&cookie).await.ok()?;
-            let ttl = match known {
-                Known::User(_) => this.settings.cache_ttl,
-                Known::Refused(_) => this.settings.negative_ttl,
-            };
             let valid = matches!(&known, Known::User(u) if *u == user);
-            this.remember(cache_key(&cookie), known, Instant::now() + ttl);
+            this.remember(cache_key(&cookie), known);
             Some(valid)
         })
     }

@@ -8,7 +8,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use http::{HeaderValue, Response, StatusCode, header};
 use tokio::time::Instant;
+
+use crate::body::{self, Body};
 
 /// Addresses remembered before idle ones are forgotten.
 const PRUNE_AT: usize = 4096;
@@ -73,6 +76,16 @@ impl ConnectLimiter {
     fn tracked(&self) -> usize {
         self.buckets.lock().map_or(0, |m| m.len())
     }
+}
+
+/// The `429` a client over its rate gets: `msg`, and `Retry-After` in whole
+/// seconds (at least 1) until `wait` has passed.
+pub fn too_many(wait: Duration, msg: &str) -> Response<Body> {
+    let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, msg);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
 }
 
 #[cfg(test)]

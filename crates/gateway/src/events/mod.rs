@@ -88,13 +88,9 @@ impl Events {
     /// The per-address connect limit, before any identity lookup: a
     /// reconnect loop costs neither a backend call nor a slot.
     fn admit(&self, client: IpAddr) -> Result<(), Refused> {
-        self.connects.admit(client).map_err(|wait| {
-            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "too many connects");
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            Box::new(r)
-        })
+        self.connects
+            .admit(client)
+            .map_err(|wait| Box::new(limit::too_many(wait, "too many connects")))
     }
 
     /// A hold on the user's channel, or why there is none.

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use super::{Watermarks, tab_key, valid_tab_id};
 use crate::body::{self, Body};
 use crate::events::auth::Auth;
-use crate::events::limit::ConnectLimiter;
+use crate::events::limit::{ConnectLimiter, too_many};
 use crate::proxy::Proxy;
 
 /// Largest read-watermark request body ssemux inspects.
@@ -49,11 +49,7 @@ impl ReadPath {
         B::Error: Into<crate::body::BoxError>,
     {
         if let Err(wait) = self.limiter.admit(client) {
-            let mut r = body::text(StatusCode::TOO_MANY_REQUESTS, "too many reads");
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
-            return r;
+            return too_many(wait, "too many reads");
         }
         let Ok(id) = self.auth.identify_or_refuse(req.headers()).await else {
             // Let the backend give its own answer to an unknown user.
