@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendUrl;
+use crate::credential::{Place, Presentation, Sources};
 use crate::upstream::translate::{self, Rules};
 
 /// Why a configuration was refused. Always names the key.
@@ -121,6 +122,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Listener behaviour.
     pub server: ServerConfig,
+    /// What keys a user's stream besides the identity: query parameters.
+    pub key: KeyConfig,
     /// Upstream event → trigger rules.
     pub translate: Rules,
     /// Native TLS for the browser-facing listener.
@@ -146,6 +149,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             upstream: UpstreamConfig::default(),
             hub: HubConfig::default(),
+            key: KeyConfig::default(),
             watermark: WatermarkConfig::default(),
             proxy: ProxyConfig::default(),
             server: ServerConfig::default(),
@@ -229,6 +233,181 @@ pub struct AuthConfig {
     /// backend loses its tabs (`logout`) within this. `0s` = never.
     #[serde(with = "duration")]
     pub recheck_interval: Duration,
+    /// How a tab's identity is decided: `introspect` (ask `me_path`, today's
+    /// default), `jwt` (verify the credential locally as a JWT, see
+    /// `[auth.jwt]`) or `upstream` (no identity call: tabs with the same
+    /// credential share one stream, and the backend's answer to that stream
+    /// decides — a `401`/`403` refuses the tab).
+    pub mode: IdentityMode,
+    /// Where a tab's credential is looked for, in order: `cookies` (the
+    /// whole `Cookie` header), `cookie:NAME`, `header:NAME`, `bearer`,
+    /// `query:NAME`. Comma-separated, or a TOML array.
+    pub credentials: Sources,
+    /// How the credential is shown to the backend (identity call, stream,
+    /// watermark posts): `as-received`, or one place from the list above.
+    pub present_as: Presentation,
+    /// Field of the identity answer (`introspect`) that names the user.
+    pub id_field: String,
+    /// Local JWT verification (`mode = "jwt"`).
+    pub jwt: JwtConfig,
+}
+
+/// `auth.mode`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// Ask the backend's identity endpoint.
+    #[default]
+    Introspect,
+    /// Verify a JWT locally.
+    Jwt,
+    /// The upstream stream's own answer decides.
+    Upstream,
+}
+
+/// `[auth.jwt]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256` or `ES256`; tokens signed otherwise are refused.
+    pub algorithm: JwtAlgorithm,
+    /// HS256: the shared secret (file bytes, a trailing newline dropped).
+    /// RS256/ES256: the PEM public key. Or use `jwks_file` / `jwks_path`.
+    pub key_file: Option<PathBuf>,
+    /// A JWKS document (keys picked by the token's `kid`).
+    pub jwks_file: Option<PathBuf>,
+    /// Backend path serving a JWKS document, fetched at the first token and
+    /// again (at most once a minute) when a token names an unknown `kid`.
+    pub jwks_path: String,
+    /// Required `iss`; empty = not checked.
+    pub issuer: String,
+    /// Required `aud` (one of the token's); empty = not checked.
+    pub audience: String,
+    /// Claim naming the user.
+    pub identity_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+}
+
+/// `auth.jwt.algorithm`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256.
+    #[default]
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
+            key_file: None,
+            jwks_file: None,
+            jwks_path: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            identity_claim: "sub".into(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[key]`: a user's stream is keyed by identity plus these query
+/// parameters of the tab's request (SyncKit's `app_id`): tabs that differ in
+/// one never share a stream. Each fills `{name}` in `upstream.events_path`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The parameters (`[[key.params]]`).
+    pub params: Vec<KeyParam>,
+}
+
+/// One query parameter of the multiplex key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyParam {
+    /// Query parameter name.
+    pub name: String,
+    /// The whole value must match (anchored). Unset: letters, digits and
+    /// `._~-` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<KeyPattern>,
+    /// Longest value accepted, in bytes.
+    #[serde(default = "KeyParam::default_max_len")]
+    pub max_len: usize,
+    /// A tab without it gets `400`; when not required it is keyed as empty.
+    #[serde(default = "KeyParam::default_required")]
+    pub required: bool,
+}
+
+impl KeyParam {
+    /// Whether `value` is acceptable for this parameter.
+    pub fn accepts(&self, value: &str) -> bool {
+        value.len() <= self.max_len
+            && match &self.pattern {
+                Some(p) => p.matches(value),
+                None => {
+                    !value.is_empty()
+                        && value.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')
+                        })
+                }
+            }
+    }
+
+    fn default_max_len() -> usize {
+        64
+    }
+    fn default_required() -> bool {
+        true
+    }
+}
+
+/// A compiled value pattern, anchored to the whole value.
+#[derive(Clone, Debug)]
+pub struct KeyPattern {
+    text: String,
+    re: regex_lite::Regex,
+}
+
+impl KeyPattern {
+    /// Compile `text`, anchored.
+    pub fn new(text: &str) -> Result<KeyPattern, String> {
+        let re = regex_lite::Regex::new(&format!("^(?:{text})$"))
+            .map_err(|e| format!("pattern `{text}`: {e}"))?;
+        Ok(KeyPattern {
+            text: text.to_string(),
+            re,
+        })
+    }
+
+    /// Whether the whole of `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        self.re.is_match(value)
+    }
+}
+
+impl PartialEq for KeyPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Serialize for KeyPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        KeyPattern::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `auth.redirect_means`.
@@ -255,6 +434,11 @@ impl Default for AuthConfig {
             session_cookie: "session".into(),
             redirect_means: RedirectMeans::LoggedOut,
             recheck_interval: Duration::from_secs(60),
+            mode: IdentityMode::Introspect,
+            credentials: Sources::default(),
+            present_as: Presentation::AsReceived,
+            id_field: "id".into(),
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -363,6 +547,35 @@ pub struct HubConfig {
     /// Most tabs in total; beyond → `503`. `0` = derive from the process's
     /// open-file limit (half of it, leaving room for upstreams and proxying).
     pub max_total_tabs: usize,
+    /// What a tab gets when its stream cannot be resumed (an unservable
+    /// `Last-Event-ID`, a lag, an upstream that reconnected without an id to
+    /// resume from): `resync` (the `resync_event` event) or `end` (its
+    /// stream ends, and the client's own reconnect-and-refresh runs).
+    pub on_gap: GapPolicy,
+    /// Event name of the `resync` (e.g. `changed` for clients that refetch
+    /// on it).
+    pub resync_event: String,
+    /// Data of the `resync` event.
+    pub resync_data: String,
+    /// A user's upstream failing this long makes their tabs get
+    /// `upstream_down_event`, then `upstream_up_event` once it is back.
+    #[serde(with = "duration")]
+    pub upstream_down_after: Duration,
+    /// Event sent while the upstream is down (empty = none).
+    pub upstream_down_event: String,
+    /// Event sent when it is back (empty = none).
+    pub upstream_up_event: String,
+}
+
+/// `hub.on_gap`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GapPolicy {
+    /// Send the resync event.
+    #[default]
+    Resync,
+    /// End the tab's stream.
+    End,
 }
 
 impl Default for HubConfig {
@@ -375,6 +588,12 @@ impl Default for HubConfig {
             max_lag_frames: 1024,
             max_tabs_per_user: 64,
             max_total_tabs: 0,
+            on_gap: GapPolicy::Resync,
+            resync_event: crate::trigger::RESYNC.into(),
+            resync_data: "1".into(),
+            upstream_down_after: Duration::from_secs(2),
+            upstream_down_event: "upstream-down".into(),
+            upstream_up_event: "upstream-up".into(),
         }
     }
 }
@@ -651,10 +870,129 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert", "tls.cert and tls.key must be set together");
         }
+        self.validate_identity()?;
+        self.validate_key()?;
+        for (key, name, may_be_empty) in [
+            ("hub.resync_event", &self.hub.resync_event, false),
+            (
+                "hub.upstream_down_event",
+                &self.hub.upstream_down_event,
+                true,
+            ),
+            ("hub.upstream_up_event", &self.hub.upstream_up_event, true),
+        ] {
+            if !(crate::trigger::valid_name(name) || (may_be_empty && name.is_empty())) {
+                return bad(
+                    key,
+                    "must be an event name of A-Z a-z 0-9 . _ : - (at most 128)",
+                );
+            }
+        }
+        if self.hub.resync_data.contains(['\r', '\n']) {
+            return bad("hub.resync_data", "must be one line");
+        }
         translate::validate(&self.translate).map_err(|e| ConfigError::Invalid {
             key: "translate".into(),
             why: e.to_string(),
         })?;
+        Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let bad = |key: &str, why: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                why,
+            })
+        };
+        if a.id_field.is_empty() {
+            return bad("auth.id_field", "must not be empty".into());
+        }
+        if a.mode == IdentityMode::Jwt {
+            let j = &a.jwt;
+            let given = [
+                j.key_file.is_some(),
+                j.jwks_file.is_some(),
+                !j.jwks_path.is_empty(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                return bad(
+                    "auth.jwt.key_file",
+                    "with auth.mode = \"jwt\", set exactly one of auth.jwt.key_file, auth.jwt.jwks_file, auth.jwt.jwks_path".into(),
+                );
+            }
+            if !j.jwks_path.is_empty() && !j.jwks_path.starts_with('/') {
+                return bad("auth.jwt.jwks_path", "must start with `/`".into());
+            }
+            if j.identity_claim.is_empty() {
+                return bad("auth.jwt.identity_claim", "must not be empty".into());
+            }
+        }
+        if let Presentation::In(Place::Cookies) = a.present_as
+            && a.credentials.0.iter().any(|p| *p != Place::Cookies)
+        {
+            return bad(
+                "auth.present_as",
+                "`cookies` presents a whole Cookie header; for a credential from elsewhere name the cookie (`cookie:NAME`)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_key(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                why,
+            })
+        };
+        let params = &self.key.params;
+        for (i, p) in params.iter().enumerate() {
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return bad(
+                    "key.params",
+                    format!("parameter name `{}` must use A-Z a-z 0-9 _ -", p.name),
+                );
+            }
+            if ["tab", "lastEventId", "user"].contains(&p.name.as_str()) {
+                return bad(
+                    "key.params",
+                    format!("`{}` is a name ssemux uses itself", p.name),
+                );
+            }
+            if params[..i].iter().any(|q| q.name == p.name) {
+                return bad("key.params", format!("`{}` is listed twice", p.name));
+            }
+            if self.auth.credentials.query_names().any(|n| n == p.name) {
+                return bad(
+                    "key.params",
+                    format!(
+                        "`{}` is a credential source; it keys the stream already",
+                        p.name
+                    ),
+                );
+            }
+            if p.max_len == 0 {
+                return bad(
+                    "key.params",
+                    format!("`{}`: max_len must be at least 1", p.name),
+                );
+            }
+        }
+        for name in placeholders(&self.upstream.events_path)? {
+            if name != "user" && !params.iter().any(|p| p.name == name) {
+                return bad(
+                    "upstream.events_path",
+                    format!("`{{{name}}}` is neither `{{user}}` nor a [[key.params]] name"),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -681,6 +1019,30 @@ impl Config {
     }
 }
 
+/// The `{name}` placeholders of an `upstream.events_path` template.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, ConfigError> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(ConfigError::Invalid {
+                key: "upstream.events_path".into(),
+                why: "a `{` is not closed".into(),
+            });
+        };
+        out.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(ConfigError::Invalid {
+            key: "upstream.events_path".into(),
+            why: "a `}` has no `{`".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// `base` (absolute URL, maybe with a path prefix) + `path`.
 pub fn join_url(base: &str, path: &str) -> Result<http::Uri, String> {
     BackendUrl::parse(base)?.join(path)
@@ -698,6 +1060,8 @@ pub fn known_keys() -> Vec<String> {
     out.push("tls.cert".into());
     out.push("tls.key".into());
     out.push("admin.listen".into());
+    out.push("auth.jwt.key_file".into());
+    out.push("auth.jwt.jwks_file".into());
     out.sort();
     out.dedup();
     out

@@ -10,14 +10,15 @@
 //! - `proxy/`: every other request, forwarded to the backend;
 //! - `h1/`: the HTTP/1.1 pieces both lean paths share.
 //!
-//! Leaves used by all: `config`, `metrics`, `trigger`, `cookie`, `body`,
-//! `backend`.
+//! Leaves used by all: `config`, `metrics`, `trigger`, `cookie`,
+//! `credential`, `body`, `backend`.
 //! Every module's top comment says why it exists and what it must never do.
 
 mod backend;
 pub mod body;
 mod config;
 mod cookie;
+mod credential;
 mod events;
 mod h1;
 mod metrics;
@@ -29,13 +30,14 @@ mod watermark;
 
 pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
 pub use config::{
-    AdminConfig, AuthConfig, Config, ConfigError, HttpVersion, HubConfig, ProxyConfig,
-    RedirectMeans, ServerConfig, TlsConfig, TrustedProxies, UpstreamConfig, WatermarkConfig,
-    env_name, join_url, known_keys,
+    AdminConfig, AuthConfig, Config, ConfigError, GapPolicy, HttpVersion, HubConfig, IdentityMode,
+    JwtAlgorithm, JwtConfig, KeyConfig, KeyParam, ProxyConfig, RedirectMeans, ServerConfig,
+    TlsConfig, TrustedProxies, UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
 };
 pub use cookie::{MAX_COOKIE_BYTES, cookie_count, cookie_header, cookie_value};
+pub use credential::{Credential, Place, Presentation, Presented, Sources};
 pub use events::auth::{AuthError, Identity};
-pub use events::channel::{Attach, Channel, Follower, RecvError, TryRecvError};
+pub use events::channel::{Attach, Channel, Follower, RecvError, Subject, TryRecvError};
 pub use events::hub::{Hub, HubError, Subscription};
 pub use events::tab::{TabHold, TabSettings, stream as tab_stream};
 pub use events::tab_conn::respond as tab_respond;

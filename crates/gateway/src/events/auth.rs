@@ -1,22 +1,29 @@
-//! Auth: request cookies → identity, by asking the backend (`GET /api/v1/me`
-//! with the cookies forwarded) and caching the answer briefly. Owns the
-//! identity cache. It never logs cookie values and never creates streams.
+//! Auth: a request's credential → identity. Where the credential is found
+//! and how it is shown to the backend is `credential`'s; who it belongs to
+//! is decided by the configured mode — asking the backend (`GET me_path`,
+//! the answer cached briefly, one call per credential however many tabs ask
+//! at once), verifying a JWT locally (`jwt`), or deferring to the backend's
+//! answer to the stream itself (`upstream`: the identity is a keyed hash of
+//! the credential). Owns the identity cache. It never logs a credential and
+//! never creates streams.
 
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use super::jwt::{JwtError, JwtVerifier};
 use crate::backend::BackendClient;
 use crate::body::{self, Body};
-use crate::config::{AuthConfig, RedirectMeans};
-use crate::cookie::{cookie_header, cookie_value};
+use crate::config::{AuthConfig, IdentityMode, RedirectMeans};
+use crate::cookie::cookie_value;
+use crate::credential::{Credential, Place};
 use crate::metrics::{AuthResult, Metrics};
 use crate::upstream::connector::CredentialCheck;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
-use crate::cookie::MAX_COOKIE_BYTES;
 /// Largest `/me` answer read.
 const MAX_ME_BYTES: usize = 16 * 1024;
 /// Longest user id accepted from the backend.
@@ -25,21 +32,22 @@ const MAX_USER_BYTES: usize = 256;
 /// Who a request belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    /// The backend's user id.
+    /// The backend's user id (`upstream` mode: a keyed hash of the credential).
     pub user: String,
-    /// The request's cookies as one `Cookie` header value, to present upstream.
-    pub cookie: String,
+    /// The credential, to present upstream.
+    pub credential: Credential,
     /// The session the request belongs to: the session cookie's value if
-    /// present, else the whole cookie header. Used as the tab key when the
-    /// page sends no tab id.
+    /// present, else the credential. Used as the tab key when the page sends
+    /// no tab id.
     pub session: String,
 }
 
 /// Why a request has no identity.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    /// No cookie, or the backend said 401/403, or redirected to a login page
-    /// (whose `Location` is kept, for the page to follow).
+    /// No credential, or the backend said 401/403, or redirected to a login
+    /// page (whose `Location` is kept, for the page to follow), or the token
+    /// did not verify.
     #[error("not authenticated")]
     Unauthenticated(Option<HeaderValue>),
     /// The backend could not be asked (down, timeout, 5xx).
@@ -75,20 +83,26 @@ impl Cached {
     }
 }
 
-/// The cache key: a SHA-256 of the credential. A client choosing 16 KiB
-/// cookies pins 32 bytes per entry, not 16 KiB, and the key never holds the
-/// credential itself.
+/// The cache key: a SHA-256 of where the credential was found and its value.
+/// A client choosing 16 KiB cookies pins 32 bytes per entry, not 16 KiB, and
+/// the key never holds the credential itself.
 type CacheKey = [u8; 32];
 
 /// Map bookkeeping per entry, as counted against `auth.cache_max_bytes`.
 const ENTRY_OVERHEAD: usize = 32;
 
-fn cache_key(cookie: &str) -> CacheKey {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cookie.as_bytes());
+fn cache_key(cred: &Credential) -> CacheKey {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(cred.place().to_string().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(cred.value().as_bytes());
     let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
+    key.copy_from_slice(ctx.finish().as_ref());
     key
 }
+
+/// One identity call in flight, shared by every request with its credential.
+type InFlight = Arc<OnceCell<Result<Known, AuthError>>>;
 
 /// Most often a bad identity answer is logged at WARN; the rest go to debug.
 const BAD_ANSWER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -98,7 +112,13 @@ pub struct Auth {
     client: BackendClient,
     me_url: Uri,
     settings: AuthConfig,
+    /// `mode = "jwt"`: the verifier.
+    jwt: Option<JwtVerifier>,
+    /// `mode = "upstream"`: the key of the credential hash, random per process.
+    hash_key: ring::hmac::Key,
     cache: DashMap<CacheKey, Cached>,
+    /// Identity calls under way, one per credential (single flight).
+    in_flight: DashMap<CacheKey, InFlight>,
     /// What the cache holds, by [`Cached::bytes`].
     cache_bytes: std::sync::atomic::AtomicUsize,
     /// When expired entries are next dropped.
@@ -111,16 +131,26 @@ pub struct Auth {
 impl Auth {
     /// `me_url` is the backend's identity endpoint (`auth.me_path`).
     pub fn new(client: BackendClient, me_url: Uri, settings: AuthConfig, metrics: Metrics) -> Self {
+        let seed: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
         Auth {
             client,
             me_url,
             settings,
+            jwt: None,
+            hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
             cache: DashMap::new(),
+            in_flight: DashMap::new(),
             cache_bytes: std::sync::atomic::AtomicUsize::new(0),
             next_sweep: std::sync::Mutex::new(Instant::now()),
             metrics,
             bad_answer_logged: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Verify credentials as JWTs with `v` (`auth.mode = "jwt"`).
+    pub fn with_jwt(mut self, v: JwtVerifier) -> Self {
+        self.jwt = Some(v);
+        self
     }
 
     /// The request's identity, or the answer a request without one gets:
@@ -129,8 +159,9 @@ impl Auth {
     pub async fn identify_or_refuse(
         &self,
         headers: &HeaderMap,
+        query: &str,
     ) -> Result<Identity, Response<Body>> {
-        self.identify(headers).await.map_err(|e| {
+        self.identify(headers, query).await.map_err(|e| {
             match e {
                 AuthError::Unauthenticated(login) => {
                     let mut r = body::text(StatusCode::UNAUTHORIZED, "not authenticated");
@@ -151,10 +182,10 @@ impl Auth {
         })
     }
 
-    /// Identify the request by its cookies.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    /// Identify the request by its credential.
+    pub async fn identify(&self, headers: &HeaderMap, query: &str) -> Result<Identity, AuthError> {
         let mut cached = false;
-        let r = self.lookup(headers, &mut cached).await;
+        let r = self.lookup(headers, query, &mut cached).await;
         let result = match &r {
             Ok(_) => AuthResult::Ok,
             Err(AuthError::Unauthenticated(_)) => AuthResult::Unauthenticated,
@@ -165,32 +196,102 @@ impl Auth {
         r
     }
 
-    async fn lookup(&self, headers: &HeaderMap, cached: &mut bool) -> Result<Identity, AuthError> {
-        let cookie = cookie_header(headers).ok_or(AuthError::Unauthenticated(None))?;
-        if cookie.len() > MAX_COOKIE_BYTES {
-            return Err(AuthError::Unauthenticated(None));
+    async fn lookup(
+        &self,
+        headers: &HeaderMap,
+        query: &str,
+        cached: &mut bool,
+    ) -> Result<Identity, AuthError> {
+        let credential = self
+            .settings
+            .credentials
+            .find(headers, query)
+            .map_err(|_| AuthError::Unauthenticated(None))?
+            .ok_or(AuthError::Unauthenticated(None))?;
+        let session = match credential.place() {
+            Place::Cookies => cookie_value(credential.value(), &self.settings.session_cookie)
+                .unwrap_or(credential.value()),
+            _ => credential.value(),
         }
-        let session = cookie_value(&cookie, &self.settings.session_cookie)
-            .unwrap_or(&cookie)
-            .to_string();
+        .to_string();
+        let key = cache_key(&credential);
         let now = Instant::now();
-        let key = cache_key(&cookie);
         if let Some(c) = self.cache.get(&key).filter(|c| c.expires > now) {
             *cached = true;
             let known = c.known.clone();
             drop(c);
-            return Self::answer(known, cookie, session);
+            return Self::answer(known, credential, session);
         }
-        let known = self.ask_backend(&cookie).await?;
-        self.remember(key, known.clone());
-        Self::answer(known, cookie, session)
+        let known = match self.settings.mode {
+            IdentityMode::Introspect => self.ask_once(key, &credential).await?,
+            IdentityMode::Jwt => self.verify(&credential).await?,
+            // The stream's own answer decides; a refusal it gave is cached
+            // above (see `refused_upstream`).
+            IdentityMode::Upstream => Known::User(self.keyed(&credential)),
+        };
+        Self::answer(known, credential, session)
     }
 
-    fn answer(known: Known, cookie: String, session: String) -> Result<Identity, AuthError> {
+    /// The identity of `upstream` mode: a keyed hash of the credential, so
+    /// tabs with one credential share one stream and the id names nobody.
+    fn keyed(&self, cred: &Credential) -> String {
+        let tag = ring::hmac::sign(&self.hash_key, &cache_key(cred));
+        let hex: String = tag.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("cred-{hex}")
+    }
+
+    async fn verify(&self, cred: &Credential) -> Result<Known, AuthError> {
+        let Some(v) = &self.jwt else {
+            return Err(AuthError::Unavailable("no JWT verifier configured".into()));
+        };
+        match v.verify(cred.value()).await {
+            Ok(user) => Ok(Known::User(user)),
+            Err(JwtError::Refused(why)) => {
+                tracing::debug!(%why, "token refused");
+                Ok(Known::Refused(None))
+            }
+            Err(JwtError::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+        }
+    }
+
+    /// Ask the backend about `cred`, once however many requests want it at
+    /// the same time: the first asks, the others wait for its answer (if the
+    /// first gives up, the next waiting one asks).
+    async fn ask_once(&self, key: CacheKey, cred: &Credential) -> Result<Known, AuthError> {
+        let cell = self.in_flight.entry(key).or_default().clone();
+        let r = cell
+            .get_or_init(|| async {
+                let r = self.ask_backend(cred).await;
+                if let Ok(known) = &r {
+                    self.remember(key, known.clone());
+                }
+                r
+            })
+            .await
+            .clone();
+        self.in_flight.remove_if(&key, |_, c| Arc::ptr_eq(c, &cell));
+        r
+    }
+
+    /// The backend's stream refused `cred` (`upstream` mode, or every
+    /// credential of a new channel refused): later requests with it are
+    /// refused without a stream, for `negative_ttl`.
+    pub fn refused_upstream(&self, cred: &Credential) {
+        self.remember(cache_key(cred), Known::Refused(None));
+    }
+
+    fn answer(
+        known: Known,
+        credential: Credential,
+        session: String,
+    ) -> Result<Identity, AuthError> {
         match known {
             Known::User(user) => Ok(Identity {
                 user,
-                cookie,
+                credential,
                 session,
             }),
             Known::Refused(login) => Err(AuthError::Unauthenticated(login)),
@@ -274,11 +375,14 @@ impl Auth {
         )
     }
 
-    /// What the backend says of `cookie`; `Err` if it could not tell.
-    async fn ask_backend(&self, cookie: &str) -> Result<Known, AuthError> {
-        let req = Request::get(self.me_url.clone())
-            .header(header::ACCEPT, "application/json")
-            .header(header::COOKIE, cookie)
+    /// What the backend says of `cred`; `Err` if it could not tell.
+    async fn ask_backend(&self, cred: &Credential) -> Result<Known, AuthError> {
+        let shown = cred.present(&self.settings.present_as);
+        let url = shown
+            .uri(&self.me_url)
+            .ok_or(AuthError::Unauthenticated(None))?;
+        let req = shown
+            .header_into(Request::get(url).header(header::ACCEPT, "application/json"))
             .body(body::empty())
             .map_err(|_| AuthError::Unauthenticated(None))?;
         let resp = tokio::time::timeout(self.settings.timeout, self.client.request(req))
@@ -303,10 +407,11 @@ impl Auth {
             .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| AuthError::BadAnswer(format!("identity is not JSON: {e}")))?;
-        let user = match v.get("id") {
+        let field = &self.settings.id_field;
+        let user = match v.get(field) {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Number(n)) => n.to_string(),
-            _ => return Err(AuthError::BadAnswer("identity has no `id`".into())),
+            _ => return Err(AuthError::BadAnswer(format!("identity has no `{field}`"))),
         };
         if user.is_empty() || user.len() > MAX_USER_BYTES {
             return Err(AuthError::BadAnswer(
@@ -324,38 +429,25 @@ impl Auth {
 }
 
 /// The identity lookup as the upstream's credential re-check: asks the
-/// backend, bypassing the cache, and caches what it says, so a refused
-/// session is refused to new tabs too.
+/// backend (or verifies the token) again, bypassing the cache, and caches
+/// what the backend says, so a refused session is refused to new tabs too.
 pub struct Recheck(pub Arc<Auth>);
 
 impl CredentialCheck for Recheck {
-    fn still_valid(&self, user: &str, cookie: &str) -> BoxFuture<'static, Option<bool>> {
+    fn still_valid(&self, user: &str, cred: &Credential) -> BoxFuture<'static, Option<bool>> {
         let this = self.0.clone();
-        let (user, cookie) = (user.to_string(), cookie.to_string());
+        let (user, cred) = (user.to_string(), cred.clone());
         Box::pin(async move {
-            let known = this.ask_backend(&cookie).await.ok()?;
-            let valid = matches!(&known, Known::User(u) if *u == user);
-            this.remember(cache_key(&cookie), known);
-            Some(valid)
+            let known = match this.settings.mode {
+                IdentityMode::Introspect => {
+                    let known = this.ask_backend(&cred).await.ok()?;
+                    this.remember(cache_key(&cred), known.clone());
+                    known
+                }
+                IdentityMode::Jwt => this.verify(&cred).await.ok()?,
+                IdentityMode::Upstream => return None,
+            };
+            Some(matches!(&known, Known::User(u) if *u == user))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn cookies_join_and_lookup() {
-        let mut h = HeaderMap::new();
-        assert_eq!(cookie_header(&h), None);
-        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("session=abc; b=2"));
-        let c = cookie_header(&h).expect("cookies");
-        assert_eq!(c, "a=1; session=abc; b=2");
-        assert_eq!(cookie_value(&c, "session"), Some("abc"));
-        assert_eq!(cookie_value(&c, "b"), Some("2"));
-        assert_eq!(cookie_value(&c, "sess"), None);
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
+use crate::credential::Credential;
 use crate::metrics::ResyncCause;
 use crate::trigger::{self, Trigger};
 
@@ -79,9 +80,9 @@ pub struct Attach {
     pub rx: Follower,
 }
 
-struct Credential {
+struct Held {
     key: u64,
-    cookie: String,
+    cred: Credential,
     // Tabs holding this cookie right now; 0 = kept only for grace.
     holders: usize,
     refused: bool,
@@ -95,7 +96,7 @@ struct State {
     // Each attached tab's cursor (the last seq it took); frames beyond the
     // replay size are kept only while some tab still needs them.
     cursors: Vec<Arc<AtomicU64>>,
-    creds: Vec<Credential>,
+    creds: Vec<Held>,
     next_key: u64,
     closed: bool,
     // The upstream has connected at least once.
@@ -109,6 +110,10 @@ struct State {
 /// upstream task and every tab.
 pub struct Channel {
     user: String,
+    // The hub's key for this channel: the user plus any key parameters.
+    key: String,
+    // Path and query of the user's stream on the backend.
+    path: Arc<str>,
     epoch: String,
     // Frames always kept for reconnecting tabs (`hub.ring_size`).
     ring_size: usize,
@@ -143,9 +148,26 @@ impl Channel {
         ring_size: usize,
         max_lag_frames: usize,
     ) -> Arc<Channel> {
+        Self::build(&Subject::from(user), epoch, ring_size, max_lag_frames)
+    }
+
+    /// A new channel for `subject`, with a fresh random epoch.
+    pub fn for_subject(subject: &Subject, ring_size: usize, max_lag_frames: usize) -> Arc<Channel> {
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        Self::build(subject, &epoch, ring_size, max_lag_frames)
+    }
+
+    fn build(
+        subject: &Subject,
+        epoch: &str,
+        ring_size: usize,
+        max_lag_frames: usize,
+    ) -> Arc<Channel> {
         let ring_size = ring_size.max(1);
         Arc::new(Channel {
-            user: user.to_string(),
+            user: subject.user.clone(),
+            key: subject.key.clone(),
+            path: subject.path.clone(),
             epoch: epoch.to_string(),
             ring_size,
             ring_max: ring_size.max(max_lag_frames),
@@ -174,6 +196,16 @@ impl Channel {
     /// The user this channel belongs to.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The hub's key for this channel (the user, plus key parameters).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Path and query of this channel's stream on the backend.
+    pub fn path(&self) -> &Arc<str> {
+        &self.path
     }
 
     /// Epoch part of downstream ids; changes whenever a channel is recreated.
@@ -210,6 +242,13 @@ impl Channel {
             .min()
             .unwrap_or(st.seq);
         st.seq.saturating_sub(slowest).min(held) as usize
+    }
+
+    /// Whether the channel was closed (every credential refused) before its
+    /// upstream ever connected: its tabs were never authorised.
+    pub fn refused_before_up(&self) -> bool {
+        let st = self.lock();
+        st.closed && !st.upstream_seen
     }
 
     /// Whether [`Channel::close`] was called.
@@ -396,12 +435,13 @@ impl Channel {
         self.trim(&mut st);
     }
 
-    /// Remember a tab's credentials (its `Cookie` header). Returns the key to
-    /// release them with. Tabs of one session share one entry, counted, so
-    /// the session stays usable until its last tab leaves.
-    pub fn add_credential(&self, cookie: &str) -> u64 {
+    /// Remember a tab's credential. Returns the key to release it with. Tabs
+    /// of one session share one entry, counted, so the session stays usable
+    /// until its last tab leaves.
+    pub fn add_credential(&self, cred: impl Into<Credential>) -> u64 {
+        let cred = cred.into();
         let mut st = self.lock();
-        if let Some(c) = st.creds.iter_mut().find(|c| c.cookie == cookie) {
+        if let Some(c) = st.creds.iter_mut().find(|c| c.cred == cred) {
             c.holders += 1;
             // The tab just authenticated with it: worth trying again.
             c.refused = false;
@@ -410,9 +450,9 @@ impl Channel {
         }
         let key = st.next_key;
         st.next_key += 1;
-        st.creds.push(Credential {
+        st.creds.push(Held {
             key,
-            cookie: cookie.to_string(),
+            cred,
             holders: 1,
             refused: false,
             revoked: false,
@@ -437,22 +477,22 @@ impl Channel {
 
     /// Credentials to open the upstream with: a live, not yet refused one
     /// first, then any not refused. `None` once every one was refused.
-    pub fn credential(&self) -> Option<(u64, String)> {
+    pub fn credential(&self) -> Option<(u64, Credential)> {
         let st = self.lock();
         let usable = || st.creds.iter().filter(|c| !c.refused);
         usable()
             .find(|c| c.holders > 0)
             .or_else(|| usable().next())
-            .map(|c| (c.key, c.cookie.clone()))
+            .map(|c| (c.key, c.cred.clone()))
     }
 
     /// The live credentials (held by a tab, not refused), to re-check.
-    pub fn live_credentials(&self) -> Vec<(u64, String)> {
+    pub fn live_credentials(&self) -> Vec<(u64, Credential)> {
         self.lock()
             .creds
             .iter()
             .filter(|c| c.holders > 0 && !c.refused)
-            .map(|c| (c.key, c.cookie.clone()))
+            .map(|c| (c.key, c.cred.clone()))
             .collect()
     }
 
@@ -486,6 +526,41 @@ impl Channel {
         let mut st = self.lock();
         if let Some(c) = st.creds.iter_mut().find(|c| c.key == key) {
             c.refused = true;
+        }
+    }
+}
+
+/// Whose stream a channel is: the hub's key, the user, and the path and
+/// query of the stream on the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// The hub's key: the user, plus the key parameters' values.
+    pub key: String,
+    /// The user (for logs, watermarks and the credential re-check).
+    pub user: String,
+    /// Path and query of the stream on the backend.
+    pub path: Arc<str>,
+}
+
+impl From<&Subject> for Subject {
+    fn from(s: &Subject) -> Subject {
+        s.clone()
+    }
+}
+
+impl From<&String> for Subject {
+    fn from(user: &String) -> Subject {
+        Subject::from(user.as_str())
+    }
+}
+
+impl From<&str> for Subject {
+    /// A user keyed by identity alone, streaming from the default events path.
+    fn from(user: &str) -> Subject {
+        Subject {
+            key: user.to_string(),
+            user: user.to_string(),
+            path: crate::config::UpstreamConfig::default().events_path.into(),
         }
     }
 }
@@ -647,15 +722,21 @@ mod tests {
     #[test]
     fn credentials_prefer_live_and_drop_refused() {
         let ch = Channel::with_epoch("alice", "e1", 8, 16);
-        let k1 = ch.add_credential("session=a");
-        let k2 = ch.add_credential("session=b");
+        let k1 = ch.add_credential(Credential::cookies("session=a"));
+        let k2 = ch.add_credential(Credential::cookies("session=b"));
         assert_eq!(ch.credential().map(|c| c.0), Some(k1));
         ch.refuse_credential(k1);
-        assert_eq!(ch.credential().map(|c| c.1), Some("session=b".into()));
+        assert_eq!(
+            ch.credential().map(|c| c.1),
+            Some(Credential::cookies("session=b"))
+        );
         ch.remove_credential(k1);
         ch.remove_credential(k2);
         // Last one kept for grace reconnects.
-        assert_eq!(ch.credential().map(|c| c.1), Some("session=b".into()));
+        assert_eq!(
+            ch.credential().map(|c| c.1),
+            Some(Credential::cookies("session=b"))
+        );
         ch.refuse_credential(k2);
         assert_eq!(ch.credential(), None);
     }
@@ -663,14 +744,17 @@ mod tests {
     #[test]
     fn a_session_stays_usable_until_its_last_tab_leaves() {
         let ch = Channel::with_epoch("alice", "e1", 8, 16);
-        let first = ch.add_credential("session=a");
-        let other = ch.add_credential("session=b");
-        let second = ch.add_credential("session=a");
+        let first = ch.add_credential(Credential::cookies("session=a"));
+        let other = ch.add_credential(Credential::cookies("session=b"));
+        let second = ch.add_credential(Credential::cookies("session=a"));
         assert_eq!(first, second, "one entry per session");
         // The later tab of session a leaves; the earlier one is still here.
         ch.remove_credential(second);
         ch.refuse_credential(other);
-        assert_eq!(ch.credential().map(|c| c.1), Some("session=a".into()));
+        assert_eq!(
+            ch.credential().map(|c| c.1),
+            Some(Credential::cookies("session=a"))
+        );
         ch.remove_credential(first);
         // Only b's tab is left, and b was refused: nothing usable (logout).
         assert_eq!(ch.credential(), None);

@@ -1,4 +1,5 @@
-//! Hub: the map user → channel, and the lifecycle of each entry (refcount of
+//! Hub: the map key → channel (a key is the user, plus any key parameters
+//! of the tab's request), and the lifecycle of each entry (refcount of
 //! tabs, grace timer, generation check). Owns that map and nothing else; it
 //! never parses HTTP, never reads upstream bytes and never encodes frames.
 
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
-use crate::events::channel::Channel;
+use crate::credential::Credential;
+use crate::events::channel::{Channel, Subject};
 use crate::upstream::{End, Upstream};
 
 /// Why a tab could not subscribe.
@@ -108,10 +110,16 @@ impl Hub {
         }
     }
 
-    /// Add a tab for `user`, presenting `cookie` to the backend. The first
-    /// tab creates the channel and starts its upstream; later tabs (any
-    /// session, any device) share it.
-    pub fn subscribe(&self, user: &str, cookie: &str) -> Result<Subscription, HubError> {
+    /// Add a tab for `who` (a user, or a [`Subject`] with its key and
+    /// stream path), presenting `cred` (a credential, or a whole `Cookie`
+    /// header) to the backend. The first tab of a key creates the channel
+    /// and starts its upstream; later tabs (any session, any device) share it.
+    pub fn subscribe(
+        &self,
+        who: impl Into<Subject>,
+        cred: impl Into<Credential>,
+    ) -> Result<Subscription, HubError> {
+        let (subject, cred) = (who.into(), cred.into());
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
@@ -126,14 +134,14 @@ impl Hub {
         let mut entry = self
             .inner
             .entries
-            .entry(user.to_string())
-            .or_insert_with(|| self.open(user));
+            .entry(subject.key.clone())
+            .or_insert_with(|| self.open(&subject));
         if entry.channel.is_closed() {
             // Logged out, and its upstream task has not removed it yet: a tab
             // attaching now would wait on a dead channel. Start afresh; the
             // old channel's tabs and task only ever touch their own channel.
             entry.cancel.cancel();
-            *entry = self.open(user);
+            *entry = self.open(&subject);
         }
         if entry.subs >= limit {
             drop(entry);
@@ -145,7 +153,7 @@ impl Hub {
         let channel = entry.channel.clone();
         // Credentials are added while the entry is locked so the upstream
         // task never sees a channel with a subscriber but no credential.
-        let cred_key = channel.add_credential(cookie);
+        let cred_key = channel.add_credential(cred);
         drop(entry);
         Ok(Subscription {
             channel,
@@ -155,9 +163,9 @@ impl Hub {
     }
 
     /// Create an entry and start its upstream. Runs under the map's shard lock.
-    fn open(&self, user: &str) -> Entry {
+    fn open(&self, subject: &Subject) -> Entry {
         let s = &self.inner.settings;
-        let channel = Channel::new(user, s.ring_size, s.max_lag_frames);
+        let channel = Channel::for_subject(subject, s.ring_size, s.max_lag_frames);
         let cancel = self.inner.shutdown.child_token();
         self.inner.upstreams_started.fetch_add(1, Ordering::Relaxed);
         let upstream = self.inner.upstream.clone();
@@ -170,7 +178,7 @@ impl Hub {
                 if let Some(inner) = weak.upgrade() {
                     inner
                         .entries
-                        .remove_if(ch.user(), |_, e| Arc::ptr_eq(&e.channel, &ch));
+                        .remove_if(ch.key(), |_, e| Arc::ptr_eq(&e.channel, &ch));
                 }
             }
         });
@@ -184,8 +192,8 @@ impl Hub {
 
     fn release(&self, channel: &Arc<Channel>) {
         self.inner.total_tabs.fetch_sub(1, Ordering::AcqRel);
-        let user = channel.user();
-        let armed = match self.inner.entries.get_mut(user) {
+        let key = channel.key();
+        let armed = match self.inner.entries.get_mut(key) {
             Some(mut e) if Arc::ptr_eq(&e.channel, channel) => {
                 e.subs = e.subs.saturating_sub(1);
                 e.generation += 1;
@@ -197,11 +205,11 @@ impl Hub {
         let Some(generation) = armed else { return };
         let grace = self.inner.settings.grace;
         let weak = Arc::downgrade(&self.inner);
-        let user = user.to_string();
+        let key = key.to_string();
         let close = move |inner: &Inner| {
             if let Some((_, e)) = inner
                 .entries
-                .remove_if(&user, |_, e| e.subs == 0 && e.generation == generation)
+                .remove_if(&key, |_, e| e.subs == 0 && e.generation == generation)
             {
                 e.cancel.cancel();
             }
@@ -229,9 +237,9 @@ impl Hub {
         self.inner.entries.iter().filter(|e| e.subs == 0).count()
     }
 
-    /// Tabs of `user` currently subscribed.
-    pub fn tabs(&self, user: &str) -> usize {
-        self.inner.entries.get(user).map_or(0, |e| e.subs)
+    /// Tabs of channel `key` (a user, keyed by identity alone) subscribed.
+    pub fn tabs(&self, key: &str) -> usize {
+        self.inner.entries.get(key).map_or(0, |e| e.subs)
     }
 
     /// Tabs of all users.
@@ -239,9 +247,14 @@ impl Hub {
         self.inner.total_tabs.load(Ordering::Acquire)
     }
 
-    /// The channel of `user`, if one exists.
-    pub fn channel(&self, user: &str) -> Option<Arc<Channel>> {
-        self.inner.entries.get(user).map(|e| e.channel.clone())
+    /// The channel of `key` (a user, keyed by identity alone), if one exists.
+    pub fn channel(&self, key: &str) -> Option<Arc<Channel>> {
+        self.inner.entries.get(key).map(|e| e.channel.clone())
+    }
+
+    /// The keys of every channel (tests: which streams exist).
+    pub fn keys(&self) -> Vec<String> {
+        self.inner.entries.iter().map(|e| e.key().clone()).collect()
     }
 
     /// Replace the tab limits (config reload). Tabs already open above a

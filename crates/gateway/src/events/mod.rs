@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod channel;
 pub mod hub;
+pub mod jwt;
 pub mod limit;
 pub mod tab;
 pub mod tab_conn;
@@ -20,12 +21,15 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Auth, Identity};
+use self::channel::Subject;
 use self::hub::{Hub, HubError, Subscription};
 use self::limit::ConnectLimiter;
 use self::tab::{TabHold, TabSettings};
+use crate::backend::BackendUrl;
 use crate::body::{self, Body};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, KeyConfig};
 use crate::cookie;
+use crate::credential::{self, query_values};
 use crate::metrics::Metrics;
 use crate::watermark::{self, Watermarks};
 
@@ -48,6 +52,55 @@ pub struct Events {
     pub metrics: Metrics,
     /// Ends every stream on graceful shutdown.
     pub shutdown: CancellationToken,
+    /// The key parameters, and where streams come from.
+    pub streams: Streams,
+}
+
+/// How a tab's request names its stream: the key parameters it must carry
+/// and the `upstream.events_path` template they fill.
+pub struct Streams {
+    /// `[key]`.
+    pub key: KeyConfig,
+    /// `upstream.events_path`, with `{name}` placeholders.
+    pub template: String,
+    /// The backend base URL (its path prefix goes before the template).
+    pub backend: BackendUrl,
+}
+
+impl Streams {
+    /// The subject of a tab of `user` whose query is `query`, or the `400`
+    /// it gets for a key parameter missing or out of pattern.
+    fn subject(&self, user: &str, query: &str) -> Result<Subject, Refused> {
+        let bad = |why: String| Box::new(body::text(StatusCode::BAD_REQUEST, &why));
+        let mut key = user.to_string();
+        let mut path = self.template.clone();
+        for p in &self.key.params {
+            let mut values = query_values(query, &p.name);
+            let value = match (values.next(), values.next()) {
+                (Some(_), Some(_)) => return Err(bad(format!("`{}` given twice", p.name))),
+                (Some(v), None) if p.accepts(&v) => v,
+                (Some(_), None) => return Err(bad(format!("invalid `{}`", p.name))),
+                (None, _) if p.required => return Err(bad(format!("`{}` is required", p.name))),
+                (None, _) => String::new(),
+            };
+            // A separator no user id or accepted value can contain (ids and
+            // values are free of control characters).
+            key.push('\u{1f}');
+            key.push_str(&value);
+            path = path.replace(&format!("{{{}}}", p.name), &credential::encode(&value));
+        }
+        let path = path.replace("{user}", &credential::encode(user));
+        let uri = self
+            .backend
+            .join(&path)
+            .map_err(|_| bad("the stream path cannot be built from this request".into()))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(Subject {
+            key,
+            user: user.to_string(),
+            path: path.into(),
+        })
+    }
 }
 
 /// The answer a tab gets instead of a stream (boxed: refusals are rare, and
@@ -75,14 +128,16 @@ impl Events {
     async fn open<B>(&self, req: Request<B>, client: IpAddr) -> Result<Response<Body>, Refused> {
         check_request(&req)?;
         self.admit(client)?;
+        let query = req.uri().query().unwrap_or("");
         let id = self
             .auth
-            .identify_or_refuse(req.headers())
+            .identify_or_refuse(req.headers(), query)
             .await
             .map_err(Box::new)?;
         let params = tab_params(&req)?;
-        let subscription = self.subscribe(&id)?;
-        Ok(self.stream(subscription, &id, params).await)
+        let subject = self.streams.subject(&id.user, query)?;
+        let subscription = self.subscribe(&subject, &id)?;
+        self.stream(subscription, &id, params).await
     }
 
     /// The per-address connect limit, before any identity lookup: a
@@ -94,8 +149,8 @@ impl Events {
     }
 
     /// A hold on the user's channel, or why there is none.
-    fn subscribe(&self, id: &Identity) -> Result<Subscription, Refused> {
-        self.hub.subscribe(&id.user, &id.cookie).map_err(|e| {
+    fn subscribe(&self, subject: &Subject, id: &Identity) -> Result<Subscription, Refused> {
+        self.hub.subscribe(subject, &id.credential).map_err(|e| {
             let (status, msg) = match e {
                 HubError::TooManyTabs(_) => (StatusCode::TOO_MANY_REQUESTS, "too many tabs"),
                 HubError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "gateway full"),
@@ -118,13 +173,15 @@ impl Events {
     /// Attach the tab to its channel and build its stream. A user's first
     /// tab opens its stream once the upstream is up (or after a short wait,
     /// then with a `resync` owed): the page refreshes when its stream opens,
-    /// and nothing may fall between the two.
+    /// and nothing may fall between the two. A channel whose upstream
+    /// refused its every credential meanwhile answers `401`, and the refusal
+    /// is remembered for the next tab with that credential.
     async fn stream(
         &self,
         subscription: Subscription,
         id: &Identity,
         p: TabParams,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Refused> {
         let mark = self
             .watermarks
             .tab_opened(&id.user, &watermark::tab_key(p.tab.as_deref(), id));
@@ -133,6 +190,13 @@ impl Events {
             .channel()
             .wait_for_upstream(FIRST_UPSTREAM_WAIT)
             .await;
+        if subscription.channel().refused_before_up() {
+            self.auth.refused_upstream(&id.credential);
+            return Err(Box::new(body::text(
+                StatusCode::UNAUTHORIZED,
+                "not authenticated",
+            )));
+        }
         let settings = TabSettings {
             keepalive: self.hub_cfg.keepalive,
             retry_ms: self.retry_ms(),
@@ -142,7 +206,12 @@ impl Events {
             subscription,
             mark: Some(mark),
         };
-        event_stream(tab::stream(hold, attach, settings, self.shutdown.clone()))
+        Ok(event_stream(tab::stream(
+            hold,
+            attach,
+            settings,
+            self.shutdown.clone(),
+        )))
     }
 
     /// The `retry:` hint for one connection: the configured base plus up to
@@ -170,6 +239,16 @@ fn check_request<B>(req: &Request<B>) -> Result<(), Refused> {
         return Err(Box::new(body::text(
             StatusCode::BAD_REQUEST,
             "one Host header, please",
+        )));
+    }
+    if req
+        .uri()
+        .query()
+        .is_some_and(|q| q.len() > credential::MAX_CREDENTIAL_BYTES)
+    {
+        return Err(Box::new(body::text(
+            StatusCode::URI_TOO_LONG,
+            "query too long",
         )));
     }
     if cookie::cookie_header(req.headers()).is_some_and(|c| c.len() > cookie::MAX_COOKIE_BYTES) {

@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use self::tls::TlsAcceptor;
 use crate::backend::{BackendClient, ClientConfig, backend_client};
-use crate::config::{Config, HttpVersion};
-use crate::events::Events;
+use crate::config::{Config, HttpVersion, IdentityMode};
 use crate::events::auth::{Auth, Recheck};
 use crate::events::hub::Hub;
+use crate::events::jwt::JwtVerifier;
 use crate::events::limit::ConnectLimiter;
+use crate::events::{Events, Streams};
 use crate::metrics::{Metrics, Sample};
 use crate::proxy::Proxy;
 use crate::upstream::connector::Connector;
@@ -44,6 +45,9 @@ pub enum GatewayError {
     /// The listener's certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] self::tls::TlsError),
+    /// The JWT keys could not be loaded.
+    #[error(transparent)]
+    Jwt(#[from] crate::events::jwt::JwtSetupError),
 }
 
 /// What a configuration reload changed.
@@ -102,12 +106,27 @@ impl Gateway {
             (Some(cert), Some(key)) => Some(self::tls::acceptor(cert, key)?),
             _ => None,
         };
-        let auth = Arc::new(Auth::new(
+        let auth = Auth::new(
             client.clone(),
             cfg.backend_url(&cfg.auth.me_path)?,
             cfg.auth.clone(),
             metrics.clone(),
-        ));
+        );
+        let auth = Arc::new(if cfg.auth.mode == IdentityMode::Jwt {
+            let j = &cfg.auth.jwt;
+            let jwks_url = match j.jwks_path.as_str() {
+                "" => None,
+                p => Some(cfg.backend_url(p)?),
+            };
+            auth.with_jwt(JwtVerifier::new(
+                j,
+                client.clone(),
+                jwks_url,
+                cfg.auth.timeout,
+            )?)
+        } else {
+            auth
+        });
         let upstream = Upstream::new(
             connector,
             Arc::new(cfg.translate.clone()),
@@ -115,13 +134,21 @@ impl Gateway {
             Some(watermarks.clone()),
         )
         .with_metrics(metrics.clone())
-        .with_connect_rate(cfg.upstream.connects_per_second);
-        let upstream = if cfg.auth.recheck_interval.is_zero() {
-            upstream
-        } else {
-            upstream.with_recheck(Arc::new(Recheck(auth.clone())), cfg.auth.recheck_interval)
-        };
+        .with_connect_rate(cfg.upstream.connects_per_second)
+        .with_presentation(cfg.auth.present_as.clone());
+        // In `upstream` mode the stream's own answer is the check.
+        let upstream =
+            if cfg.auth.recheck_interval.is_zero() || cfg.auth.mode == IdentityMode::Upstream {
+                upstream
+            } else {
+                upstream.with_recheck(Arc::new(Recheck(auth.clone())), cfg.auth.recheck_interval)
+            };
         let rules = upstream.rules_handle();
+        let streams = Streams {
+            key: cfg.key.clone(),
+            template: cfg.upstream.events_path.clone(),
+            backend: backend.clone(),
+        };
         let proxy = Proxy::new(
             backend,
             &cfg.proxy,
@@ -137,6 +164,7 @@ impl Gateway {
             watermarks: watermarks.clone(),
             metrics: metrics.clone(),
             shutdown,
+            streams,
         };
         let read = ReadPath {
             auth,
@@ -248,7 +276,8 @@ fn upstream_connector(
     cfg: &Config,
     client_cfg: &ClientConfig,
 ) -> Result<Arc<dyn Connector>, GatewayError> {
-    let url = cfg.backend_url(&cfg.upstream.events_path)?;
+    // Each stream names its own path (the template filled per channel).
+    let url = cfg.backend_url("/")?;
     let u = &cfg.upstream;
     if u.http_version == HttpVersion::Http2 {
         let h2 = H2Connector::new(

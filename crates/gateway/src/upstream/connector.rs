@@ -4,6 +4,7 @@
 //! behind [`Connector`]; this module never opens a socket itself.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -11,6 +12,7 @@ use futures_util::stream::Stream;
 use http::StatusCode;
 
 use crate::body::BoxError;
+use crate::credential::{Credential, Presented};
 
 /// Bytes of an upstream response body as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
@@ -20,8 +22,12 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>
 pub struct ConnectRequest {
     /// The user whose stream this is.
     pub user: String,
-    /// `Cookie` header to present.
-    pub cookie: String,
+    /// Path and query of the stream on the backend (the base URL's prefix
+    /// and the `upstream.events_path` template filled for this channel),
+    /// without the credential.
+    pub path: Arc<str>,
+    /// The credential, as the backend is to be shown it.
+    pub credential: Presented,
     /// Last upstream id seen, sent as `Last-Event-ID`.
     pub last_event_id: Option<String>,
 }
@@ -82,6 +88,6 @@ pub trait Connector: Send + Sync + 'static {
 /// names another user, `None` when it could not tell (a backend fault must
 /// not log anybody out).
 pub trait CredentialCheck: Send + Sync + 'static {
-    /// Ask about `cookie`, held by a tab of `user`.
-    fn still_valid(&self, user: &str, cookie: &str) -> BoxFuture<'static, Option<bool>>;
+    /// Ask about `credential`, held by a tab of `user`.
+    fn still_valid(&self, user: &str, credential: &Credential) -> BoxFuture<'static, Option<bool>>;
 }

@@ -50,7 +50,7 @@ struct Target {
     /// For an https backend: the TLS client (ALPN `http/1.1` only) and the
     /// name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    // The request head up to (not including) the per-user headers.
+    // The request head's headers before the per-user ones (no request line).
     head: String,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -64,7 +64,8 @@ pub struct H1Connector {
 }
 
 impl H1Connector {
-    /// A connector for `url` (the full events URL). `tls` is the client
+    /// A connector for the backend at `url` (its scheme and authority; each
+    /// request names its own path). `tls` is the client
     /// configuration for an `https://` URL (its ALPN is set to `http/1.1`
     /// here). `None` when the URL has no usable host, carries userinfo, or
     /// is https without `tls`.
@@ -101,9 +102,8 @@ impl H1Connector {
                 Some((TlsConnector::from(Arc::new(cfg)), name))
             }
         };
-        let path = url.path_and_query().map_or("/", |p| p.as_str());
         let head = format!(
-            "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n",
+            "host: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n",
             authority.as_str()
         );
         Some(H1Connector {
@@ -147,26 +147,39 @@ impl Connector for H1Connector {
     }
 }
 
-/// The whole request head for one user's connect. A cookie or id that HTTP
-/// cannot carry is left out, as the hyper client does: a missing cookie is
-/// refused by the backend, a missing id answered with a resync.
+/// The whole request head for one user's connect. An id that HTTP cannot
+/// carry is left out, as the hyper client does (a missing id is answered
+/// with a resync); the credential's header is checked where it was made. A
+/// path with bytes a request line cannot carry is sent as `/`, which the
+/// backend answers with an error instead of a smuggled request.
 fn request_head(base: &str, req: &ConnectRequest) -> Bytes {
-    let mut h = String::with_capacity(base.len() + req.cookie.len() + 64);
-    h.push_str(base);
-    if HeaderValue::from_str(&req.cookie).is_ok() {
-        h.push_str("cookie: ");
-        h.push_str(&req.cookie);
-        h.push_str("\r\n");
+    let shown = &req.credential;
+    let path = shown.path(&req.path);
+    let path = if path.bytes().all(|b| b.is_ascii_graphic()) {
+        path.as_str()
+    } else {
+        "/"
+    };
+    let mut h = BytesMut::with_capacity(base.len() + path.len() + 256);
+    h.extend_from_slice(b"GET ");
+    h.extend_from_slice(path.as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\n");
+    h.extend_from_slice(base.as_bytes());
+    if let Some((name, value)) = &shown.header {
+        h.extend_from_slice(name.as_str().as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value.as_bytes());
+        h.extend_from_slice(b"\r\n");
     }
     if let Some(id) = req.last_event_id.as_deref()
         && HeaderValue::from_str(id).is_ok()
     {
-        h.push_str("last-event-id: ");
-        h.push_str(id);
-        h.push_str("\r\n");
+        h.extend_from_slice(b"last-event-id: ");
+        h.extend_from_slice(id.as_bytes());
+        h.extend_from_slice(b"\r\n");
     }
-    h.push_str("\r\n");
-    Bytes::from(h)
+    h.extend_from_slice(b"\r\n");
+    h.freeze()
 }
 
 /// Send `head` on `io`, read and check the response head within
@@ -326,7 +339,9 @@ mod tests {
     fn req(cookie: &str, id: Option<&str>) -> ConnectRequest {
         ConnectRequest {
             user: "alice".into(),
-            cookie: cookie.into(),
+            path: "/api/v1/events".into(),
+            credential: crate::credential::Credential::cookies(cookie)
+                .present(&crate::credential::Presentation::AsReceived),
             last_event_id: id.map(str::to_string),
         }
     }
@@ -398,11 +413,7 @@ mod tests {
         assert!(!ok("http://user:pw@backend/api/v1/events"));
         let c = connector("http://[::1]:8081/api/v1/events?x=1");
         assert_eq!((c.target.host.as_str(), c.target.port), ("::1", 8081));
-        assert!(
-            c.target
-                .head
-                .starts_with("GET /api/v1/events?x=1 HTTP/1.1\r\nhost: [::1]:8081\r\n")
-        );
+        assert!(c.target.head.starts_with("host: [::1]:8081\r\n"));
         assert_eq!(connector("http://backend/e").target.port, 80);
     }
 
@@ -411,6 +422,10 @@ mod tests {
         let base = connector("http://b/e").target.head.clone();
         let h = request_head(&base, &req("session=abc", Some("e1-7")));
         let h = std::str::from_utf8(&h).expect("utf8");
+        assert!(
+            h.starts_with("GET /api/v1/events HTTP/1.1\r\nhost: b\r\n"),
+            "{h}"
+        );
         assert!(h.contains("\r\ncookie: session=abc\r\n"), "{h}");
         assert!(h.contains("\r\nlast-event-id: e1-7\r\n"), "{h}");
         assert!(h.ends_with("\r\n\r\n"));
@@ -419,6 +434,30 @@ mod tests {
         let h = std::str::from_utf8(&h).expect("utf8");
         assert!(!h.contains("x-evil"), "{h}");
         assert!(!h.contains("cookie") && !h.contains("last-event-id"), "{h}");
+
+        // A query credential rides on the path, encoded; a bearer as a header.
+        let q = crate::credential::Credential::new(
+            crate::credential::Place::Query("secret".into()),
+            "s 1\r\nx",
+        );
+        let mut r = req("", None);
+        r.path = "/events?a=1".into();
+        r.credential = q.present(&crate::credential::Presentation::AsReceived);
+        let h = request_head(&base, &r);
+        let h = std::str::from_utf8(&h).expect("utf8");
+        assert!(
+            h.starts_with("GET /events?a=1&secret=s%201%0D%0Ax HTTP/1.1\r\n"),
+            "{h}"
+        );
+        r.credential = q.present(&crate::credential::Presentation::In(
+            crate::credential::Place::Bearer,
+        ));
+        let h = request_head(&base, &r);
+        let h = std::str::from_utf8(&h).expect("utf8");
+        assert!(!h.contains("authorization") && !h.contains("x\r\n"), "{h}");
+        r.path = "/e vil HTTP/1.1\r\n".into();
+        let h = request_head(&base, &r);
+        assert!(h.starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
     #[tokio::test]

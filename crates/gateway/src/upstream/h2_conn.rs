@@ -122,16 +122,24 @@ impl Stream for Held {
 impl Connector for H2Connector {
     fn connect(&self, req: ConnectRequest) -> BoxFuture<'static, Result<ByteStream, ConnectError>> {
         let reserved = self.reserve();
-        let url = self.url.clone();
+        let mut url = self.url.clone().into_parts();
         let wait = self.response_timeout;
         Box::pin(async move {
             let (client, slot) = reserved?;
-            let mut builder = Request::get(url)
-                .header(header::ACCEPT, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache");
-            if let Ok(v) = HeaderValue::from_str(&req.cookie) {
-                builder = builder.header(header::COOKIE, v);
-            }
+            url.path_and_query = Some(
+                req.credential
+                    .path(&req.path)
+                    .parse()
+                    .map_err(|_| ConnectError::Transport("unusable stream path".into()))?,
+            );
+            let url = Uri::from_parts(url)
+                .map_err(|_| ConnectError::Transport("unusable stream path".into()))?;
+            let builder = req.credential.header_into(
+                Request::get(url)
+                    .header(header::ACCEPT, "text/event-stream")
+                    .header(header::CACHE_CONTROL, "no-cache"),
+            );
+            let mut builder = builder;
             if let Some(id) = req.last_event_id.as_deref() {
                 // An id the backend sent but HTTP cannot carry is dropped
                 // rather than failing the reconnect; the backend then

@@ -25,6 +25,7 @@ use self::connector::{ByteStream, ConnectError, ConnectRequest, Connector, Crede
 use self::pacer::Pacer;
 use self::translate::{Rules, Translation};
 use crate::config::UpstreamConfig;
+use crate::credential::{Credential, Presentation};
 use crate::events::channel::{Channel, MAX_BATCH};
 use crate::metrics::{Metrics, ResyncCause, UpstreamFailure};
 use crate::trigger::{self, Trigger};
@@ -81,6 +82,8 @@ pub struct Upstream {
     /// Re-asks the backend about every credential of a channel, on each
     /// reconnect and every `recheck_interval` (revoked sessions).
     recheck: Option<(Arc<dyn CredentialCheck>, Duration)>,
+    /// How the backend is shown a tab's credential (`auth.present_as`).
+    present_as: Presentation,
 }
 
 impl Upstream {
@@ -99,7 +102,14 @@ impl Upstream {
             metrics: Metrics::default(),
             pacer: Pacer::new(0),
             recheck: None,
+            present_as: Presentation::AsReceived,
         }
+    }
+
+    /// Show the backend each credential as `how` says (default: as received).
+    pub fn with_presentation(mut self, how: Presentation) -> Self {
+        self.present_as = how;
+        self
     }
 
     /// Re-check each distinct credential of a channel with `check` on every
@@ -141,16 +151,15 @@ impl Upstream {
         };
         let mut connected_before = false;
         loop {
-            let Some((key, cookie)) = channel.credential() else {
+            let Some((key, cred)) = channel.credential() else {
                 tracing::info!(user = %channel.user(), "backend refused every credential; logging tabs out");
                 channel.close();
                 return End::LoggedOut;
             };
             let req = ConnectRequest {
                 user: channel.user().to_string(),
-                // Kept: the watermark advance posts with the credential the
-                // stream is open with.
-                cookie: cookie.clone(),
+                path: channel.path().clone(),
+                credential: cred.present(&self.present_as),
                 last_event_id: at.last_id.clone(),
             };
             let result = tokio::select! {
@@ -178,7 +187,9 @@ impl Upstream {
                     }
                     connected_before = true;
                     let up_since = Instant::now();
-                    let how = self.pump(stream, &channel, &cookie, &mut at, &cancel).await;
+                    // The watermark advance posts with the credential the
+                    // stream is open with.
+                    let how = self.pump(stream, &channel, &cred, &mut at, &cancel).await;
                     tracing::debug!(user = %channel.user(), ?how, "upstream connection ended");
                     self.metrics.upstream_closed(match how {
                         ConnEnd::Cancelled => None,
@@ -222,7 +233,7 @@ impl Upstream {
         &self,
         mut stream: ByteStream,
         channel: &Channel,
-        cookie: &str,
+        cred: &Credential,
         at: &mut Kept,
         cancel: &CancellationToken,
     ) -> ConnEnd {
@@ -259,7 +270,7 @@ impl Upstream {
                             // An explicit empty id resets resumption.
                             at.last_id = None;
                         }
-                        self.deliver(channel, cookie, &ev.event, &ev.data, &mut batch)
+                        self.deliver(channel, cred, &ev.event, &ev.data, &mut batch)
                             .await;
                     }
                     Ok(Item::Retry(ms)) => at.retry_hint = Some(Duration::from_millis(ms)),
@@ -298,8 +309,8 @@ impl Upstream {
         let Some((check, _)) = &self.recheck else {
             return;
         };
-        for (key, cookie) in channel.live_credentials() {
-            if check.still_valid(channel.user(), &cookie).await == Some(false) {
+        for (key, cred) in channel.live_credentials() {
+            if check.still_valid(channel.user(), &cred).await == Some(false) {
                 tracing::info!(user = %channel.user(), "a session of the user was revoked; logging its tabs out");
                 channel.revoke_credential(key);
             }
@@ -337,7 +348,7 @@ impl Upstream {
     async fn deliver(
         &self,
         channel: &Channel,
-        cookie: &str,
+        cred: &Credential,
         event: &str,
         data: &str,
         batch: &mut Batch,
@@ -364,7 +375,8 @@ impl Upstream {
                     self.flush(channel, batch);
                     // Boxed: the backend request is big and rare, and this
                     // task lives as long as the user's stream.
-                    Box::pin(w.advance(channel.user(), cookie, due)).await;
+                    let shown = cred.present(&self.present_as);
+                    Box::pin(w.advance(channel.user(), &shown, due)).await;
                 }
                 for t in &triggers {
                     if t.name == trigger::RESYNC {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::backend::BackendClient;
 use crate::body;
 use crate::config::WatermarkConfig;
+use crate::credential::Presented;
 use crate::events::auth::Identity;
 use crate::metrics::Metrics;
 
@@ -341,12 +342,12 @@ impl Watermarks {
     /// Advance `user`'s watermark as [`Watermarks::wanted`] found due, with
     /// the credential the user's upstream is open with. Failures are logged
     /// and counted; they never hold back the fan-out beyond the one retry.
-    pub async fn advance(&self, user: &str, cookie: &str, due: Advance) {
+    pub async fn advance(&self, user: &str, shown: &Presented, due: Advance) {
         let Advance { peer, row } = due;
         let peer = peer.as_str();
         let payload = serde_json::json!({ "peer": peer, "rowId": row }).to_string();
         for attempt in 0..2 {
-            match self.post(cookie, &payload).await {
+            match self.post(shown, &payload).await {
                 Ok(()) => {
                     self.lock().record_posted(user, peer, row);
                     self.inner.metrics.watermark_advanced();
@@ -360,10 +361,12 @@ impl Watermarks {
         self.inner.metrics.watermark_failed();
     }
 
-    async fn post(&self, cookie: &str, payload: &str) -> Result<(), String> {
-        let req = Request::post(self.inner.url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::COOKIE, cookie)
+    async fn post(&self, shown: &Presented, payload: &str) -> Result<(), String> {
+        let url = shown
+            .uri(&self.inner.url)
+            .ok_or_else(|| "unusable watermark URL".to_string())?;
+        let req = shown
+            .header_into(Request::post(url).header(header::CONTENT_TYPE, "application/json"))
             .body(body::full(payload.to_string()))
             .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(self.inner.timeout, self.inner.client.request(req))

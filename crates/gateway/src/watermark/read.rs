@@ -51,7 +51,8 @@ impl ReadPath {
         if let Err(wait) = self.limiter.admit(client) {
             return too_many(wait, "too many reads");
         }
-        let Ok(id) = self.auth.identify_or_refuse(req.headers()).await else {
+        let query = req.uri().query().unwrap_or("");
+        let Ok(id) = self.auth.identify_or_refuse(req.headers(), query).await else {
             // Let the backend give its own answer to an unknown user.
             return self.proxy.forward(req, peer, scheme).await;
         };

@@ -280,7 +280,7 @@ async fn retry_field_is_honoured_and_last_event_id_sent_on_reconnect() {
         "retry: honoured"
     );
     assert_eq!(calls[1].1.last_event_id.as_deref(), Some("ep-7"));
-    assert_eq!(calls[1].1.cookie, "session=a");
+    assert_eq!(cookie_of(&calls[1].1), "session=a");
     assert_eq!(calls[0].1.last_event_id, None);
     // A resumable reconnect is not a resync.
     settle().await;
@@ -357,9 +357,10 @@ async fn refused_credentials_fall_back_then_log_out() {
     settle().await;
     let calls = script.calls();
     assert_eq!(calls.len(), 2);
-    assert_eq!(calls[0].1.cookie, "session=old");
+    assert_eq!(cookie_of(&calls[0].1), "session=old");
     assert_eq!(
-        calls[1].1.cookie, "session=new",
+        cookie_of(&calls[1].1),
+        "session=new",
         "another tab's credentials"
     );
     assert_eq!(script.open_streams("alice"), 1);
@@ -610,8 +611,9 @@ impl crate::upstream::connector::CredentialCheck for Revoked {
     fn still_valid(
         &self,
         _user: &str,
-        cookie: &str,
+        cred: &crate::credential::Credential,
     ) -> futures_util::future::BoxFuture<'static, Option<bool>> {
+        let cookie = cred.value();
         self.asked.lock().expect("lock").push(cookie.to_string());
         let ok = !self
             .refused
@@ -714,4 +716,13 @@ async fn a_revoked_session_loses_its_tabs_and_the_others_stay() {
         check.asked.lock().expect("lock").len() > asked,
         "no re-check after the reconnect"
     );
+}
+
+/// The `Cookie` header a connect presented.
+fn cookie_of(req: &ConnectRequest) -> String {
+    req.credential
+        .header
+        .as_ref()
+        .map(|(_, v)| v.to_str().expect("text").to_string())
+        .unwrap_or_default()
 }
