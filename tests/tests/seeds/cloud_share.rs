@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::watch;
 
 use super::eventsource::{self, Base, EventSource, Failure, Update};
@@ -33,6 +32,15 @@ pub struct Item {
     /// `Queued` or `Received`.
     pub status: String,
     pub has_zip_password: bool,
+}
+
+/// The three events of the page, `type` first as it shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    NewItem { item: Item },
+    ItemReceived { id: String },
+    ItemDeleted { id: String },
 }
 
 struct State {
@@ -100,7 +108,7 @@ impl Mock {
         };
         let id = item.id.clone();
         lock(&self.state.queue).push(item.clone());
-        self.emit(&json!({ "type": "new_item", "item": item }));
+        self.emit(&Event::NewItem { item });
         id
     }
 
@@ -112,7 +120,7 @@ impl Mock {
             .map(|i| i.status = "Received".to_string())
             .is_some();
         if found {
-            self.emit(&json!({ "type": "item_received", "id": id }));
+            self.emit(&Event::ItemReceived { id: id.to_string() });
         }
         found
     }
@@ -126,7 +134,7 @@ impl Mock {
             q.len() != before
         };
         if found {
-            self.emit(&json!({ "type": "item_deleted", "id": id }));
+            self.emit(&Event::ItemDeleted { id: id.to_string() });
         }
         found
     }
@@ -154,8 +162,9 @@ impl Mock {
         lock(&self.state.queue).clone()
     }
 
-    fn emit(&self, event: &serde_json::Value) {
-        let frame = Bytes::from(format!("data: {event}\n\n"));
+    fn emit(&self, event: &Event) {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let frame = Bytes::from(format!("data: {json}\n\n"));
         self.state.streams.send(|_| true, &frame);
     }
 }
@@ -174,7 +183,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
     if path == "/queue" {
         state.queue_requests.fetch_add(1, Ordering::SeqCst);
         let queue = lock(&state.queue).clone();
-        return serve::json(&json!(queue));
+        return serve::json(&queue);
     }
     state.streams.open((), 4096, None)
 }
@@ -321,13 +330,6 @@ async fn refresh(base: &Base, path: &str, view: &watch::Sender<View>) {
 
 /// `JSON.parse(data)` and the page's three event types.
 fn apply(v: &mut View, data: &str) {
-    #[derive(Deserialize)]
-    #[serde(tag = "type", rename_all = "snake_case")]
-    enum Event {
-        NewItem { item: Item },
-        ItemReceived { id: String },
-        ItemDeleted { id: String },
-    }
     match serde_json::from_str::<Event>(data) {
         Ok(Event::NewItem { item }) => {
             // After a refresh the item may already be listed.

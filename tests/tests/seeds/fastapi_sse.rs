@@ -8,6 +8,7 @@
 //! unknown session is always a 401, never a stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ struct State {
     /// Session id to user.
     sessions: Mutex<HashMap<String, String>>,
     streams: Streams<String>,
+    refusals: AtomicUsize,
 }
 
 impl State {
@@ -51,6 +53,7 @@ impl Mock {
         let state = Arc::new(State {
             sessions: Mutex::default(),
             streams: Streams::default(),
+            refusals: AtomicUsize::new(0),
         });
         let s = state.clone();
         let server = serve::start(move |req| handle(s.clone(), req)).await;
@@ -102,6 +105,11 @@ impl Mock {
         self.state.streams.opened_where(|s| s == session_id)
     }
 
+    /// Requests refused with 401 (unknown, missing or revoked session).
+    pub fn refusals(&self) -> usize {
+        self.state.refusals.load(Ordering::SeqCst)
+    }
+
     pub fn open_streams_for(&self, session_id: &str) -> usize {
         self.state.streams.open_where(|s| s == session_id)
     }
@@ -139,6 +147,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
         .or_else(|| serve::header(&req, "x-session-id").map(str::to_string))
         .filter(|s| lock(&state.sessions).contains_key(s));
     let Some(session) = session else {
+        state.refusals.fetch_add(1, Ordering::SeqCst);
         return serve::status(StatusCode::UNAUTHORIZED);
     };
     if path == SUBSCRIBE {
@@ -184,6 +193,8 @@ pub struct View {
     pub received: HashMap<String, Vec<String>>,
     /// Events that arrived while no listener for their type was registered.
     pub unheard: usize,
+    /// All attempts used up; only `reconnect()` tries again.
+    pub gave_up: bool,
 }
 
 /// The `sse` plugin: one EventSource, listeners by type, reconnects.
@@ -316,6 +327,7 @@ async fn run(
             match update {
                 Some(Update::Open) => view.send_modify(|v| {
                     v.ready_state = OPEN;
+                    v.gave_up = false;
                     v.reconnect_attempts = 0;
                     v.opens += 1;
                 }),
@@ -343,7 +355,9 @@ async fn run(
                 _ = manual.notified() => {}
             }
         } else {
+            view.send_modify(|v| v.gave_up = true);
             manual.notified().await;
+            view.send_modify(|v| v.gave_up = false);
         }
     }
 }

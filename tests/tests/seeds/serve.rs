@@ -85,9 +85,11 @@ pub fn status(status: StatusCode) -> Resp {
     resp
 }
 
-/// A 200 JSON response.
-pub fn json(value: &serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+/// A 200 JSON response. Fields keep their declared order (a `Value`
+/// would sort them), so bodies read like the documents' examples.
+pub fn json(value: &impl serde::Serialize) -> Resp {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
