@@ -369,6 +369,11 @@ async fn fastapi_unknown_session_never_opens_and_gives_up_after_five() {
     assert_eq!(mock.streams_opened(), 0);
     assert_eq!(mock.refusals(), 6, "the first try and five reconnects");
 
+    // `sse.reconnect()` tries once more even after giving up.
+    client.reconnect();
+    assert!(until(|| mock.refusals() == 7).await);
+    assert!(client.wait_for(WAIT, |v| v.gave_up).await);
+
     let headerless = EventSource::new(mock.addr(), fastapi_sse::SUBSCRIBE);
     let mut conn = headerless.connect();
     assert_eq!(conn.next().await, Some(Update::Error(Failure::Status(401))));
@@ -614,4 +619,57 @@ async fn synckit_reconnect_pulls_what_it_missed() {
     .unwrap();
     assert_eq!((status, &body[..]), (200, &br#"{"changes":4}"#[..]));
     assert!(client.wait_for(WAIT, |v| v.pulled == 4).await);
+}
+
+// ---- the EventSource itself ----
+
+#[tokio::test]
+async fn eventsource_keeps_the_last_id_across_connections() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let s = seen.clone();
+    let server = seeds::serve::start(move |req| {
+        let s = s.clone();
+        async move {
+            let last = seeds::serve::header(&req, "last-event-id").map(str::to_string);
+            s.lock().unwrap().push(last);
+            let body = "retry: 250\nid: 7\nevent: tick\ndata: a\n\n: note\ndata: b\n\n";
+            let mut resp = http::Response::new(http_body_util::BodyExt::boxed(
+                http_body_util::Full::new(Bytes::from(body)),
+            ));
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+    })
+    .await;
+    let es = EventSource::new(format!("http://{}", server.addr), "/stream?x=1");
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let mut conn = es.connect();
+        while let Some(u) = tokio::time::timeout(WAIT, conn.next()).await.unwrap() {
+            all.push(u);
+        }
+    }
+    let msg = |event: &str, data: &str| {
+        Update::Event(eventsource::Message {
+            event: event.to_string(),
+            data: data.to_string(),
+            id: "7".to_string(),
+        })
+    };
+    let one = vec![
+        Update::Open,
+        Update::Retry(250),
+        msg("tick", "a"),
+        Update::Comment,
+        msg("message", "b"),
+        Update::Closed,
+    ];
+    assert_eq!(all, [one.clone(), one].concat());
+    assert_eq!(*seen.lock().unwrap(), [None, Some("7".to_string())]);
+    assert_eq!(
+        (es.last_event_id(), es.retry_ms()),
+        ("7".to_string(), Some(250))
+    );
 }

@@ -212,40 +212,60 @@ impl EventSource {
         let _ = tx.send(Update::Open);
         let mut body = resp.into_body();
         let mut parser = ssemux_sse::Parser::new(1 << 20);
-        let mut at_line_start = true;
+        let (mut at_line_start, mut in_comment) = (true, false);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Failure::Transport(e.to_string()))?;
             let Ok(chunk) = frame.into_data() else {
                 continue;
             };
-            for &b in chunk.iter() {
+            // Fed a line at a time so a comment is reported in its place
+            // among the events.
+            let mut start = 0;
+            for (i, &b) in chunk.iter().enumerate() {
                 if at_line_start && b == b':' {
-                    let _ = tx.send(Update::Comment);
+                    in_comment = true;
                 }
                 at_line_start = b == b'\n' || b == b'\r';
-            }
-            parser.push(&chunk);
-            while let Some(item) = parser.next_item() {
-                match item {
-                    Ok(ssemux_sse::Item::Event(ev)) => {
-                        let _ = tx.send(Update::Event(Message {
-                            event: ev.event,
-                            data: ev.data,
-                            id: ev.last_event_id,
-                        }));
+                if at_line_start {
+                    self.drain(&mut parser, &chunk[start..=i], tx);
+                    start = i + 1;
+                    if std::mem::take(&mut in_comment) {
+                        let _ = tx.send(Update::Comment);
                     }
-                    Ok(ssemux_sse::Item::Retry(ms)) => {
-                        *lock(&self.retry_ms) = Some(ms);
-                        let _ = tx.send(Update::Retry(ms));
-                    }
-                    // An oversize event is dropped, as a browser would run
-                    // out of patience with it; nothing to report.
-                    Err(_) => {}
                 }
             }
-            lock(&self.last_id).replace_range(.., parser.last_event_id());
+            self.drain(&mut parser, &chunk[start..], tx);
         }
         Ok(())
+    }
+
+    /// Parses `bytes` and reports what they completed.
+    fn drain(
+        &self,
+        parser: &mut ssemux_sse::Parser,
+        bytes: &[u8],
+        tx: &mpsc::UnboundedSender<Update>,
+    ) {
+        parser.push(bytes);
+        while let Some(item) = parser.next_item() {
+            match item {
+                Ok(ssemux_sse::Item::Event(ev)) => {
+                    let _ = tx.send(Update::Event(Message {
+                        event: ev.event,
+                        data: ev.data,
+                        id: ev.last_event_id,
+                    }));
+                }
+                Ok(ssemux_sse::Item::Retry(ms)) => {
+                    *lock(&self.retry_ms) = Some(ms);
+                    let _ = tx.send(Update::Retry(ms));
+                }
+                // An oversize event is dropped unseen, as a browser would
+                // give up on it; nothing to report.
+                Err(_) => {}
+            }
+        }
+        lock(&self.last_id).replace_range(.., parser.last_event_id());
     }
 }
 
