@@ -77,14 +77,17 @@ impl Mock {
         Mock { state, server }
     }
 
+    /// The secret receivers must send.
     pub fn secret(&self) -> &str {
         &self.state.secret
     }
 
+    /// The listening address (127.0.0.1).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr
     }
 
+    /// `http://addr`, a base for clients and gateways.
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr)
     }
@@ -144,6 +147,7 @@ impl Mock {
         self.state.streams.drop_all();
     }
 
+    /// Event streams open now.
     pub fn open_streams(&self) -> usize {
         self.state.streams.open_where(|_| true)
     }
@@ -158,6 +162,7 @@ impl Mock {
         self.state.queue_requests.load(Ordering::SeqCst)
     }
 
+    /// The sender's queue now.
     pub fn queue(&self) -> Vec<Item> {
         lock(&self.state.queue).clone()
     }
@@ -245,22 +250,27 @@ impl Receiver {
         Receiver { view, task }
     }
 
+    /// The receiver's queue model now.
     pub fn queue(&self) -> Vec<Item> {
         self.view.borrow().queue.clone()
     }
 
+    /// The connection badge now.
     pub fn badge(&self) -> Badge {
         self.view.borrow().badge
     }
 
+    /// Successful opens after the first.
     pub fn reconnects(&self) -> usize {
         self.view.borrow().reconnects
     }
 
+    /// Successful `GET /queue` loads, the initial one included.
     pub fn refreshes(&self) -> usize {
         self.view.borrow().refreshes
     }
 
+    /// Everything at once, for assertion messages.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
     }

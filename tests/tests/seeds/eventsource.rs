@@ -161,10 +161,12 @@ impl EventSource {
         self
     }
 
+    /// The full URL connections go to.
     pub fn url(&self) -> String {
         self.base.url(&self.path)
     }
 
+    /// The ID the next connection will resume from ("" = none).
     pub fn last_event_id(&self) -> String {
         lock(&self.last_id).clone()
     }

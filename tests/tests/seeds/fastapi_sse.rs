@@ -49,6 +49,7 @@ pub struct Mock {
 }
 
 impl Mock {
+    /// A service with no sessions yet.
     pub async fn start() -> Mock {
         let state = Arc::new(State {
             sessions: Mutex::default(),
@@ -60,10 +61,12 @@ impl Mock {
         Mock { state, server }
     }
 
+    /// The listening address (127.0.0.1).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr
     }
 
+    /// `http://addr`, a base for clients and gateways.
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr)
     }
@@ -89,18 +92,22 @@ impl Mock {
         self.state.send(session_id, event_type, data)
     }
 
+    /// Ends every open stream (sessions stay valid).
     pub fn drop_streams(&self) {
         self.state.streams.drop_all();
     }
 
+    /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.state.streams.open_where(|_| true)
     }
 
+    /// Streams accepted so far.
     pub fn streams_opened(&self) -> usize {
         self.state.streams.opened_where(|_| true)
     }
 
+    /// Streams accepted so far for one session.
     pub fn streams_opened_for(&self, session_id: &str) -> usize {
         self.state.streams.opened_where(|s| s == session_id)
     }
@@ -110,6 +117,7 @@ impl Mock {
         self.state.refusals.load(Ordering::SeqCst)
     }
 
+    /// Streams of one session open now.
     pub fn open_streams_for(&self, session_id: &str) -> usize {
         self.state.streams.open_where(|s| s == session_id)
     }
@@ -179,7 +187,9 @@ pub const MAX_RECONNECT_ATTEMPTS: u32 = 5;
 
 /// `EventSource.readyState` values.
 pub const CONNECTING: u8 = 0;
+/// `EventSource.OPEN`.
 pub const OPEN: u8 = 1;
+/// `EventSource.CLOSED` (also while waiting to retry).
 pub const CLOSED: u8 = 2;
 
 /// What the plugin exposes and what its listeners heard.
@@ -283,10 +293,12 @@ impl Client {
         self.manual.notify_one();
     }
 
+    /// `sse.readyState`.
     pub fn ready_state(&self) -> u8 {
         self.view.borrow().ready_state
     }
 
+    /// `sse.reconnectAttempts`.
     pub fn reconnect_attempts(&self) -> u32 {
         self.view.borrow().reconnect_attempts
     }
@@ -296,6 +308,7 @@ impl Client {
         &self.url
     }
 
+    /// Everything at once, for assertion messages.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
     }

@@ -7,10 +7,15 @@
 
 #![allow(dead_code)]
 
+/// Seed 000.
 pub mod cloud_share;
+/// The clients' common transport.
 pub mod eventsource;
+/// Seed 002.
 pub mod fastapi_sse;
+/// The mocks' common server side.
 pub mod serve;
+/// Seed 004.
 pub mod synckit;
 
 use std::time::Duration;

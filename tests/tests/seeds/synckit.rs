@@ -23,6 +23,7 @@ use super::eventsource::{self, Base, EventSource, Failure, Update};
 use super::serve::{self, Resp, Server, Streams};
 use super::{lock, wait_on};
 
+/// The page's endpoint.
 pub const SUBSCRIBE: &str = "/api/sync/subscribe";
 /// The page says "call the pull endpoint" without naming it; this path and
 /// its `{"changes": n}` answer are the mock's choice.
@@ -31,7 +32,9 @@ pub const PULL: &str = "/api/sync/pull";
 /// push can go through a proxy too. Answers like [`PULL`].
 pub const PUSH: &str = "/api/sync/push";
 
+/// The `iss` the mock mints and requires.
 pub const ISSUER: &str = "synckit";
+/// The `aud` the mock mints and requires.
 pub const AUDIENCE: &str = "synckit-api";
 
 /// The page's broadcast channel size: a stream further behind skips events.
@@ -108,10 +111,12 @@ impl Mock {
         Mock { state, server }
     }
 
+    /// The listening address (127.0.0.1).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr
     }
 
+    /// `http://addr`, a base for clients and gateways.
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr)
     }
@@ -145,18 +150,22 @@ impl Mock {
         self.state.push(app, user)
     }
 
+    /// Changes recorded for (app, user).
     pub fn changes(&self, user: &str, app: &str) -> u64 {
         self.state.changes(app, user)
     }
 
+    /// Ends every open stream.
     pub fn drop_streams(&self) {
         self.state.streams.drop_all();
     }
 
+    /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.state.streams.open_where(|_| true)
     }
 
+    /// Streams accepted so far.
     pub fn streams_opened(&self) -> usize {
         self.state.streams.opened_where(|_| true)
     }
@@ -278,14 +287,17 @@ impl Client {
         self.view.borrow().pulled
     }
 
+    /// Successful pulls.
     pub fn pulls(&self) -> usize {
         self.view.borrow().pulls
     }
 
+    /// Successful opens after the first.
     pub fn reconnects(&self) -> usize {
         self.view.borrow().reconnects
     }
 
+    /// Everything at once, for assertion messages.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
     }
