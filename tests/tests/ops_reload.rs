@@ -12,6 +12,9 @@ fn rules_inbound_to(name: &str) -> Rules {
     Rules {
         rules: vec![Rule {
             event: "inbound".into(),
+            when: None,
+            pass: false,
+            rename: None,
             triggers: vec![TriggerRule {
                 name: name.into(),
                 data_field: Some("peer".into()),

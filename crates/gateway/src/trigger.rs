@@ -11,12 +11,16 @@ pub const LOGOUT: &str = "logout";
 /// boundary) because a trigger is a hint, not a payload.
 pub const MAX_DATA_BYTES: usize = 512;
 
-/// One trigger for the tabs: an htmx event name and a short data string.
+/// One event for the tabs: an htmx trigger (a safe name and a short data
+/// string), or an upstream event passed through (its name and data as they
+/// came; the encoder frames each line of the data as its own `data:` line).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trigger {
-    /// Event name; only `[A-Za-z0-9._:-]`.
+    /// Event name: for a trigger only `[A-Za-z0-9._:-]`; passed through, any
+    /// name the SSE parser accepted. `message` is sent without `event:`.
     pub name: String,
-    /// Never empty, never contains CR, LF or NUL.
+    /// A trigger's is never empty and never contains CR, LF or NUL; a passed
+    /// event's is what the upstream sent.
     pub data: String,
 }
 
@@ -26,6 +30,14 @@ impl Trigger {
         Trigger {
             name: name.to_string(),
             data: clean_data(data),
+        }
+    }
+
+    /// An upstream event passed through as it came.
+    pub fn pass(name: &str, data: &str) -> Trigger {
+        Trigger {
+            name: name.to_string(),
+            data: data.to_string(),
         }
     }
 

@@ -62,6 +62,9 @@ fn rules() -> Rules {
     let mut r = Rules::default();
     r.rules.push(Rule {
         event: "custom".into(),
+        when: None,
+        pass: false,
+        rename: None,
         triggers: vec![
             TriggerRule {
                 name: "row".into(),

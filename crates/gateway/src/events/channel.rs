@@ -276,7 +276,9 @@ impl Channel {
         for t in triggers {
             let seq = st.seq + 1;
             let id = format!("{}-{}", self.epoch, seq);
-            let bytes = match ssemux_sse::encode_event(Some(&id), Some(&t.name), &t.data) {
+            // `message` is what an event without a name is called.
+            let name = (t.name != "message").then_some(t.name.as_str());
+            let bytes = match ssemux_sse::encode_event(Some(&id), name, &t.data) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(user = %self.user, trigger = %t.name, error = %e, "trigger not encodable, dropped");

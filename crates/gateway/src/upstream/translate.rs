@@ -1,6 +1,9 @@
-//! Translate: upstream event → zero or more htmx triggers, by the rules in the
-//! config. A pure function: it never does I/O, never encodes SSE bytes and
-//! never keeps state between calls.
+//! Translate: upstream event → zero or more events for the tabs, by the
+//! rules in the config: htmx triggers (a name and a short hint), or the
+//! event passed through as it came (optionally renamed). A rule matches on
+//! the event name (or `*`) and optionally on one JSON field of the data. A
+//! pure function: it never does I/O, never encodes SSE bytes and never keeps
+//! state between calls.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +21,40 @@ pub struct Rules {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Upstream `event:` name this rule matches.
+    /// Upstream `event:` name this rule matches (`message` for events
+    /// without one), or `*` for any.
     pub event: String,
-    /// Triggers emitted, in order.
+    /// Only when the data is JSON whose top-level `field` equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// Forward the event's name and data as they came (data byte for byte,
+    /// each line its own `data:` line; empty stays empty), before any
+    /// triggers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass: bool,
+    /// With `pass`: the name the tabs see instead (`message` = unnamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename: Option<String>,
+    /// Triggers emitted, in order. A rule with neither `pass` nor triggers
+    /// drops the events it matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerRule>,
 }
+
+/// A condition on the upstream data (`when = { field = "type", equals = "new_item" }`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Top-level field of the JSON data.
+    pub field: String,
+    /// Its value (strings as they are, numbers and booleans as text).
+    pub equals: String,
+}
+
+/// The name of events without an `event:` field.
+pub const UNNAMED: &str = "message";
+/// The wildcard event name.
+pub const ANY: &str = "*";
 
 /// One trigger of a rule.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -48,28 +80,84 @@ impl Default for Rules {
         };
         Rules {
             rules: vec![
-                Rule {
-                    event: "inbound".into(),
-                    triggers: vec![peer("thread-updated"), peer("contact-changed")],
-                },
-                Rule {
-                    event: "outbound-state".into(),
-                    triggers: vec![peer("thread-updated"), peer("contact-changed")],
-                },
-                Rule {
-                    event: "read-watermark-changed".into(),
-                    triggers: vec![peer("contact-changed")],
-                },
-                Rule {
-                    event: "resync".into(),
-                    triggers: vec![TriggerRule {
+                Rule::triggers(
+                    "inbound",
+                    vec![peer("thread-updated"), peer("contact-changed")],
+                ),
+                Rule::triggers(
+                    "outbound-state",
+                    vec![peer("thread-updated"), peer("contact-changed")],
+                ),
+                Rule::triggers("read-watermark-changed", vec![peer("contact-changed")]),
+                Rule::triggers(
+                    "resync",
+                    vec![TriggerRule {
                         name: RESYNC.into(),
                         data_field: None,
                         data: Some("1".into()),
                     }],
-                },
+                ),
             ],
         }
+    }
+}
+
+impl Rule {
+    /// A rule turning every `event` into `triggers`.
+    pub fn triggers(event: &str, triggers: Vec<TriggerRule>) -> Rule {
+        Rule {
+            event: event.into(),
+            when: None,
+            pass: false,
+            rename: None,
+            triggers,
+        }
+    }
+
+    /// A rule passing every `event` through (`*` for any).
+    pub fn pass(event: &str) -> Rule {
+        Rule {
+            pass: true,
+            ..Rule::triggers(event, Vec::new())
+        }
+    }
+
+    fn matches(&self, event: &str, json: &mut Lazy<'_>) -> bool {
+        if self.event != ANY && self.event != event {
+            return false;
+        }
+        let Some(w) = &self.when else {
+            return true;
+        };
+        json.get()
+            .and_then(|j| j.get(&w.field))
+            .and_then(text_of)
+            .is_some_and(|v| v == w.equals)
+    }
+}
+
+/// The data parsed as JSON at most once, and only if a rule asks.
+struct Lazy<'a> {
+    data: &'a str,
+    parsed: Option<Option<serde_json::Value>>,
+}
+
+impl Lazy<'_> {
+    fn get(&mut self) -> Option<&serde_json::Value> {
+        let data = self.data;
+        self.parsed
+            .get_or_insert_with(|| serde_json::from_str(data).ok())
+            .as_ref()
+    }
+}
+
+/// A JSON scalar as text (strings as they are); objects, arrays and null: none.
+fn text_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -82,6 +170,12 @@ pub enum RuleError {
     /// A rule without an event name.
     #[error("a rule has an empty `event`")]
     EmptyEvent,
+    /// `rename` is not a usable event name, or is given without `pass`.
+    #[error("rule for `{0}`: `rename` needs `pass = true` and a name of A-Z a-z 0-9 . _ : -")]
+    BadRename(String),
+    /// `when` names no field.
+    #[error("rule for `{0}`: `when.field` must not be empty")]
+    EmptyField(String),
 }
 
 /// Check every rule once at load time so translation never has to.
@@ -89,6 +183,14 @@ pub fn validate(rules: &Rules) -> Result<(), RuleError> {
     for rule in &rules.rules {
         if rule.event.is_empty() {
             return Err(RuleError::EmptyEvent);
+        }
+        if let Some(r) = &rule.rename
+            && (!rule.pass || !valid_name(r))
+        {
+            return Err(RuleError::BadRename(rule.event.clone()));
+        }
+        if rule.when.as_ref().is_some_and(|w| w.field.is_empty()) {
+            return Err(RuleError::EmptyField(rule.event.clone()));
         }
         for t in &rule.triggers {
             if !valid_name(&t.name) {
@@ -108,41 +210,33 @@ pub enum Translation {
     Unmatched,
 }
 
-/// Translate one upstream event. `data` is the upstream `data:` text,
-/// normally JSON; a non-JSON body only loses its `data_field` lookups.
+/// Translate one upstream event (`event` is `message` for an unnamed one).
+/// `data` is the upstream `data:` text; a non-JSON body only fails `when`
+/// conditions and loses its `data_field` lookups.
 pub fn translate(rules: &Rules, event: &str, data: &str) -> Translation {
-    let Some(rule) = rules.rules.iter().find(|r| r.event == event) else {
+    let mut json = Lazy { data, parsed: None };
+    let Some(rule) = rules.rules.iter().find(|r| r.matches(event, &mut json)) else {
         return Translation::Unmatched;
     };
-    let json: Option<serde_json::Value> = if rule.triggers.iter().any(|t| t.data_field.is_some()) {
-        serde_json::from_str(data).ok()
-    } else {
-        None
-    };
-    let triggers = rule
-        .triggers
-        .iter()
-        // Rules are validated at load, but a rule set built in code may not be.
-        .filter(|t| valid_name(&t.name))
-        .map(|t| {
-            let from_field = t.data_field.as_deref().and_then(|f| {
-                match json.as_ref().and_then(|j| j.get(f))? {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    serde_json::Value::Bool(b) => Some(b.to_string()),
-                    _ => None,
-                }
-            });
-            let raw = from_field
-                .or_else(|| t.data.clone())
-                .unwrap_or_else(|| "1".to_string());
-            Trigger {
-                name: t.name.clone(),
-                data: clean_data(&raw),
-            }
-        })
-        .collect();
-    Translation::Triggers(triggers)
+    let mut out = Vec::with_capacity(rule.triggers.len() + usize::from(rule.pass));
+    if rule.pass {
+        out.push(Trigger::pass(rule.rename.as_deref().unwrap_or(event), data));
+    }
+    // Rules are validated at load, but a rule set built in code may not be.
+    for t in rule.triggers.iter().filter(|t| valid_name(&t.name)) {
+        let from_field = t
+            .data_field
+            .as_deref()
+            .and_then(|f| json.get().and_then(|j| j.get(f)).and_then(text_of));
+        let raw = from_field
+            .or_else(|| t.data.clone())
+            .unwrap_or_else(|| "1".to_string());
+        out.push(Trigger {
+            name: t.name.clone(),
+            data: clean_data(&raw),
+        });
+    }
+    Translation::Triggers(out)
 }
 
 #[cfg(test)]
@@ -208,14 +302,14 @@ mod tests {
     #[test]
     fn numbers_and_caps() {
         let rules = Rules {
-            rules: vec![Rule {
-                event: "x".into(),
-                triggers: vec![TriggerRule {
+            rules: vec![Rule::triggers(
+                "x",
+                vec![TriggerRule {
                     name: "row".into(),
                     data_field: Some("rowId".into()),
                     data: None,
                 }],
-            }],
+            )],
         };
         assert_eq!(names(&translate(&rules, "x", r#"{"rowId":42}"#))[0].1, "42");
         let long = format!(r#"{{"rowId":"{}"}}"#, "é".repeat(1000));
@@ -228,20 +322,102 @@ mod tests {
         for bad in ["", "a b", "a/b", "a,b", "a\"b", "a\nb", "événement"] {
             assert!(!valid_name(bad), "{bad:?}");
             let rules = Rules {
-                rules: vec![Rule {
-                    event: "x".into(),
-                    triggers: vec![TriggerRule {
+                rules: vec![Rule::triggers(
+                    "x",
+                    vec![TriggerRule {
                         name: bad.into(),
                         data_field: None,
                         data: None,
                     }],
-                }],
+                )],
             };
             assert_eq!(validate(&rules), Err(RuleError::BadName(bad.into())));
             assert_eq!(translate(&rules, "x", "{}"), Translation::Triggers(vec![]));
         }
         for good in ["thread-updated", "a.b_c:d-E9"] {
             assert!(valid_name(good));
+        }
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use super::*;
+
+    fn rules(toml_text: &str) -> Rules {
+        let r: Rules = toml::from_str(toml_text).expect("rules parse");
+        validate(&r).expect("valid");
+        r
+    }
+
+    fn out(t: Translation) -> Vec<(String, String)> {
+        match t {
+            Translation::Triggers(v) => v.into_iter().map(|t| (t.name, t.data)).collect(),
+            Translation::Unmatched => vec![],
+        }
+    }
+
+    #[test]
+    fn json_field_matching_wildcards_and_pass_through() {
+        let r = rules(
+            r#"
+            [[rules]]
+            event = "message"
+            when = { field = "type", equals = "item_deleted" }
+            pass = true
+            rename = "deleted"
+            [[rules]]
+            event = "message"
+            when = { field = "n", equals = "3" }
+            triggers = [{ name = "three" }]
+            [[rules]]
+            event = "noise"
+            [[rules]]
+            event = "*"
+            pass = true
+            "#,
+        );
+        let deleted = r#"{"type":"item_deleted","id":"x"}"#;
+        assert_eq!(
+            out(translate(&r, "message", deleted)),
+            vec![("deleted".into(), deleted.into())]
+        );
+        assert_eq!(
+            out(translate(&r, "message", r#"{"n":3}"#)),
+            vec![("three".into(), "1".into())]
+        );
+        // No rule before the wildcard matches: passed as it came, byte for byte.
+        for (ev, data) in [
+            ("syncProgress", "75"),
+            ("syncMessage", "line one\nline two"),
+            ("changed", ""),
+            ("message", "not json"),
+        ] {
+            assert_eq!(
+                out(translate(&r, ev, data)),
+                vec![(ev.to_string(), data.to_string())]
+            );
+        }
+        // A rule with neither pass nor triggers drops what it matches.
+        assert_eq!(translate(&r, "noise", "x"), Translation::Triggers(vec![]));
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        for (text, want) in [
+            ("[[rules]]\nevent = \"a\"\nrename = \"b\"\n", "rename"),
+            (
+                "[[rules]]\nevent = \"a\"\npass = true\nrename = \"b c\"\n",
+                "rename",
+            ),
+            (
+                "[[rules]]\nevent = \"a\"\nwhen = { field = \"\", equals = \"x\" }\n",
+                "when.field",
+            ),
+        ] {
+            let r: Rules = toml::from_str(text).expect("parse");
+            let e = validate(&r).expect_err(text).to_string();
+            assert!(e.contains(want), "{e}");
         }
     }
 }
