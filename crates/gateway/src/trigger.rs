@@ -7,6 +7,9 @@ pub const RESYNC: &str = "resync";
 /// Trigger sent before a user's streams are closed because the backend refused
 /// every credential ssemux holds for them.
 pub const LOGOUT: &str = "logout";
+/// What an SSE event without an `event:` field is called; a passed-through
+/// event of this name is sent without one.
+pub const UNNAMED: &str = "message";
 /// Longest `data` a trigger carries; longer upstream values are cut (at a char
 /// boundary) because a trigger is a hint, not a payload.
 pub const MAX_DATA_BYTES: usize = 512;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
+use crate::config::{GapPolicy, HubConfig};
 use crate::credential::Credential;
 use crate::metrics::ResyncCause;
 use crate::trigger::{self, Trigger};
@@ -34,6 +35,65 @@ pub struct Frame {
     pub seq: u64,
     /// The encoded bytes, shared by all tabs.
     pub bytes: Bytes,
+    /// A gap under `hub.on_gap = "end"`: the bytes only move the tab's id
+    /// past it, and a live tab's stream ends after it (a replaying tab is
+    /// reconnecting anyway, so it goes on).
+    pub ends: bool,
+}
+
+/// What the tabs of a channel are sent at a gap and around an upstream
+/// outage (`[hub]`), encoded here once for every channel.
+#[derive(Clone, Debug)]
+pub struct Signals {
+    /// `hub.on_gap`.
+    pub on_gap: GapPolicy,
+    /// `hub.resync_event` / `hub.resync_data`.
+    pub resync: (String, String),
+    /// `hub.upstream_down_after`.
+    pub down_after: Duration,
+    /// `hub.upstream_down_event` (empty: none).
+    pub down_event: String,
+    /// `hub.upstream_up_event` (empty: none).
+    pub up_event: String,
+    /// The resync a lagging tab gets (no id: its `Last-Event-ID` keeps
+    /// pointing at the last frame it did get, so a reconnect replays from
+    /// there or resyncs again); `None` under `on_gap = "end"`.
+    lag_frame: Option<Bytes>,
+    /// `down_event` without an id, for a tab attaching during an outage.
+    down_frame: Option<Bytes>,
+}
+
+impl Signals {
+    /// From the `[hub]` section.
+    pub fn new(hub: &HubConfig) -> Signals {
+        let resync = (hub.resync_event.clone(), hub.resync_data.clone());
+        let lag_frame = (hub.on_gap == GapPolicy::Resync)
+            .then(|| ssemux_sse::encode_event(None, Some(&resync.0), &resync.1).ok())
+            .flatten();
+        let down_frame = (!hub.upstream_down_event.is_empty())
+            .then(|| ssemux_sse::encode_event(None, Some(&hub.upstream_down_event), "1").ok())
+            .flatten();
+        Signals {
+            on_gap: hub.on_gap,
+            resync,
+            down_after: hub.upstream_down_after,
+            down_event: hub.upstream_down_event.clone(),
+            up_event: hub.upstream_up_event.clone(),
+            lag_frame,
+            down_frame,
+        }
+    }
+
+    /// What a tab that fell behind gets, or `None`: its stream ends.
+    pub fn lag_frame(&self) -> Option<Bytes> {
+        self.lag_frame.clone()
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new(&HubConfig::default())
+    }
 }
 
 /// A frame as the ring holds it: tabs that have not sent it yet share it.
@@ -76,6 +136,8 @@ pub struct Attach {
     /// before its first trigger, the browser's reconnect still carries a
     /// `Last-Event-ID` and gets a replay instead of a silent gap.
     pub position: Option<Bytes>,
+    /// The upstream is down right now: the tab is told first (no id).
+    pub down: Option<Bytes>,
     /// Live frames after the replay.
     pub rx: Follower,
 }
@@ -104,6 +166,8 @@ struct State {
     // A tab was answered before that first connect: what the backend sent
     // in between is unknown to it.
     answered_early: bool,
+    // The tabs were told the upstream is down, and not yet that it is back.
+    down: bool,
 }
 
 /// The per-user channel. Shared as `Arc<Channel>` by the hub entry, the
@@ -125,6 +189,7 @@ pub struct Channel {
     revocations: AtomicU64,
     // Wakes tabs waiting for the first upstream connect (or the close).
     upstream_ready: Notify,
+    signals: Arc<Signals>,
     state: Mutex<State>,
 }
 
@@ -148,13 +213,26 @@ impl Channel {
         ring_size: usize,
         max_lag_frames: usize,
     ) -> Arc<Channel> {
-        Self::build(&Subject::from(user), epoch, ring_size, max_lag_frames)
+        let signals = Arc::new(Signals::default());
+        Self::build(
+            &Subject::from(user),
+            epoch,
+            ring_size,
+            max_lag_frames,
+            signals,
+        )
     }
 
-    /// A new channel for `subject`, with a fresh random epoch.
-    pub fn for_subject(subject: &Subject, ring_size: usize, max_lag_frames: usize) -> Arc<Channel> {
+    /// A new channel for `subject`, with a fresh random epoch, sending
+    /// `signals` at gaps and outages.
+    pub fn for_subject(
+        subject: &Subject,
+        ring_size: usize,
+        max_lag_frames: usize,
+        signals: Arc<Signals>,
+    ) -> Arc<Channel> {
         let epoch = format!("{:016x}", fastrand::u64(..));
-        Self::build(subject, &epoch, ring_size, max_lag_frames)
+        Self::build(subject, &epoch, ring_size, max_lag_frames, signals)
     }
 
     fn build(
@@ -162,6 +240,7 @@ impl Channel {
         epoch: &str,
         ring_size: usize,
         max_lag_frames: usize,
+        signals: Arc<Signals>,
     ) -> Arc<Channel> {
         let ring_size = ring_size.max(1);
         Arc::new(Channel {
@@ -174,6 +253,7 @@ impl Channel {
             wake: watch::Sender::new(()),
             revocations: AtomicU64::new(0),
             upstream_ready: Notify::new(),
+            signals,
             state: Mutex::new(State {
                 seq: 0,
                 ring: VecDeque::new(),
@@ -183,6 +263,7 @@ impl Channel {
                 closed: false,
                 upstream_seen: false,
                 answered_early: false,
+                down: false,
             }),
         })
     }
@@ -191,6 +272,11 @@ impl Channel {
         // A panic while holding this lock cannot leave the ring half-updated
         // in a way that matters more than losing the process, so recover.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the channel's tabs get at gaps and outages.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// The user this channel belongs to.
@@ -276,9 +362,28 @@ impl Channel {
         for t in triggers {
             let seq = st.seq + 1;
             let id = format!("{}-{}", self.epoch, seq);
-            // `message` is what an event without a name is called.
-            let name = (t.name != "message").then_some(t.name.as_str());
-            let bytes = match ssemux_sse::encode_event(Some(&id), name, &t.data) {
+            // A resync is how the configured gap policy is told: the channel
+            // decides what the tabs see of it.
+            let gap = t.name == trigger::RESYNC;
+            if gap && self.signals.on_gap == GapPolicy::End {
+                st.seq = seq;
+                let bytes = Bytes::from(format!("id: {id}\n\n"));
+                st.ring.push_back(Arc::new(Frame {
+                    seq,
+                    bytes,
+                    ends: true,
+                }));
+                continue;
+            }
+            let (name, data) = if gap {
+                let (n, d) = &self.signals.resync;
+                (Some(n.as_str()), d.as_str())
+            } else {
+                // `message` is what an event without a name is called.
+                let n = (t.name != trigger::UNNAMED).then_some(t.name.as_str());
+                (n, t.data.as_str())
+            };
+            let bytes = match ssemux_sse::encode_event(Some(&id), name, data) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(user = %self.user, trigger = %t.name, error = %e, "trigger not encodable, dropped");
@@ -286,7 +391,11 @@ impl Channel {
                 }
             };
             st.seq = seq;
-            st.ring.push_back(Arc::new(Frame { seq, bytes }));
+            st.ring.push_back(Arc::new(Frame {
+                seq,
+                bytes,
+                ends: false,
+            }));
         }
         if st.seq == before {
             return false;
@@ -326,6 +435,27 @@ impl Channel {
         self.upstream_ready.notify_waiters();
     }
 
+    /// The upstream has been failing for `signals().down_after`: the tabs
+    /// are told (once per outage), and tabs attaching until it is back get
+    /// told first thing.
+    pub fn upstream_down(&self) {
+        let mut st = self.lock();
+        if st.down || st.closed {
+            return;
+        }
+        st.down = true;
+        let name = self.signals.down_event.clone();
+        if !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")]) {
+            drop(st);
+            self.wake.send_replace(());
+        }
+    }
+
+    /// Whether the tabs were told the upstream is down (and not yet back).
+    pub fn is_down(&self) -> bool {
+        self.lock().down
+    }
+
     /// The upstream task's connection is up. Returns whether a `resync` is
     /// owed: the first connect came after some tab was already answered, so
     /// whatever the backend sent between that tab's page load and this
@@ -335,7 +465,14 @@ impl Channel {
         let first = !st.upstream_seen;
         st.upstream_seen = true;
         let owed = first && std::mem::take(&mut st.answered_early);
+        let woke = std::mem::take(&mut st.down) && {
+            let name = self.signals.up_event.clone();
+            !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")])
+        };
         drop(st);
+        if woke {
+            self.wake.send_replace(());
+        }
         if first {
             self.upstream_ready.notify_waiters();
         }
@@ -374,7 +511,9 @@ impl Channel {
             channel: self.clone(),
             cursor,
             wake: self.wake.subscribe(),
+            ended: false,
         };
+        let down = st.down.then(|| self.signals.down_frame.clone()).flatten();
         let Some(last) = last_event_id.map(str::trim).filter(|s| !s.is_empty()) else {
             // Epoch and digits only: nothing here needs escaping.
             let position = Bytes::from(format!("id: {}-{}\n\n", self.epoch, st.seq));
@@ -382,6 +521,7 @@ impl Channel {
                 replay: Vec::new(),
                 resync: None,
                 position: Some(position),
+                down,
                 rx,
             };
         };
@@ -407,6 +547,7 @@ impl Channel {
                     .collect(),
                 resync: None,
                 position: None,
+                down,
                 rx,
             },
             None => {
@@ -416,13 +557,20 @@ impl Channel {
                 } else {
                     ResyncCause::Epoch
                 };
-                let resync = ssemux_sse::encode_event(Some(&id), Some(trigger::RESYNC), "1")
-                    .ok()
-                    .map(|frame| (frame, cause));
+                // Under `on_gap = "end"` the tab just reconnected, so its
+                // own refresh has run: it only learns its new position.
+                let frame = match self.signals.on_gap {
+                    GapPolicy::Resync => {
+                        let (name, data) = &self.signals.resync;
+                        ssemux_sse::encode_event(Some(&id), Some(name), data).ok()
+                    }
+                    GapPolicy::End => Some(Bytes::from(format!("id: {id}\n\n"))),
+                };
                 Attach {
                     replay: Vec::new(),
-                    resync,
+                    resync: frame.map(|f| (f, cause)),
                     position: None,
+                    down,
                     rx,
                 }
             }
@@ -573,6 +721,8 @@ pub struct Follower {
     channel: Arc<Channel>,
     cursor: Arc<AtomicU64>,
     wake: watch::Receiver<()>,
+    // It took a frame that ends live streams (`on_gap = "end"`).
+    ended: bool,
 }
 
 impl Follower {
@@ -609,9 +759,19 @@ impl Follower {
             each(f);
             last = f.seq;
             taken += 1;
+            if f.ends {
+                self.ended = true;
+                break;
+            }
         }
         self.cursor.store(last, Ordering::Relaxed);
         Ok(taken)
+    }
+
+    /// Whether a frame it took ends the stream (a gap under `hub.on_gap =
+    /// "end"`): the tab writes what it has, then ends.
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     /// The next frame if one is ready.

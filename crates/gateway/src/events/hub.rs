@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
 use crate::credential::Credential;
-use crate::events::channel::{Channel, Subject};
+use crate::events::channel::{Channel, Signals, Subject};
 use crate::upstream::{End, Upstream};
 
 /// Why a tab could not subscribe.
@@ -40,6 +40,8 @@ struct Entry {
 struct Inner {
     entries: DashMap<String, Entry>,
     settings: HubConfig,
+    /// What every channel's tabs get at gaps and outages, encoded once.
+    signals: Arc<Signals>,
     upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     upstreams_started: AtomicU64,
@@ -101,6 +103,7 @@ impl Hub {
                 entries: DashMap::new(),
                 max_tabs_per_user: AtomicUsize::new(settings.max_tabs_per_user),
                 max_total_tabs: AtomicUsize::new(max_total_tabs),
+                signals: Arc::new(Signals::new(&settings)),
                 settings,
                 upstream: Arc::new(upstream),
                 shutdown: CancellationToken::new(),
@@ -165,7 +168,12 @@ impl Hub {
     /// Create an entry and start its upstream. Runs under the map's shard lock.
     fn open(&self, subject: &Subject) -> Entry {
         let s = &self.inner.settings;
-        let channel = Channel::for_subject(subject, s.ring_size, s.max_lag_frames);
+        let channel = Channel::for_subject(
+            subject,
+            s.ring_size,
+            s.max_lag_frames,
+            self.inner.signals.clone(),
+        );
         let cancel = self.inner.shutdown.child_token();
         self.inner.upstreams_started.fetch_add(1, Ordering::Relaxed);
         let upstream = self.inner.upstream.clone();

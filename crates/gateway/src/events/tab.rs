@@ -38,18 +38,6 @@ fn keepalive_frame() -> Bytes {
         .clone()
 }
 
-/// The `resync` sent to a tab that fell behind the channel's ring. It has no
-/// id: the tab's `Last-Event-ID` keeps pointing at the last trigger it did
-/// get, so a reconnect replays from there or resyncs again — never skips.
-fn lag_resync_frame() -> Bytes {
-    static FRAME: OnceLock<Bytes> = OnceLock::new();
-    FRAME
-        .get_or_init(|| {
-            ssemux_sse::encode_event(None, Some(trigger::RESYNC), "1").unwrap_or_default()
-        })
-        .clone()
-}
-
 /// The `logout` sent to a tab whose own session was revoked (no id: it is
 /// not part of the channel's sequence).
 fn logout_frame() -> Bytes {
@@ -93,6 +81,7 @@ pub fn stream(
     let mut pending = VecDeque::with_capacity(attach.replay.len() + 2);
     pending.push_back(ssemux_sse::encode_retry(settings.retry_ms));
     pending.extend(attach.position);
+    pending.extend(attach.down);
     if let Some((frame, cause)) = attach.resync {
         settings.metrics.resync(cause);
         pending.push_back(frame);
@@ -120,7 +109,7 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
         if let Some(b) = st.pending.pop_front() {
             return Some((b, st));
         }
-        if st.ending {
+        if st.ending || st.rx.ended() {
             return None;
         }
         if st
@@ -145,8 +134,14 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
             }
             Err(RecvError::Lagged(n)) => {
                 st.settings.metrics.resync(ResyncCause::Lag);
+                let lag = st.hold.subscription.channel().signals().lag_frame();
+                let Some(frame) = lag else {
+                    // `on_gap = "end"`: the client's reconnect refreshes it.
+                    tracing::debug!(missed = n, "tab fell behind; ending its stream");
+                    return None;
+                };
                 tracing::debug!(missed = n, "tab fell behind; sending resync");
-                return Some((lag_resync_frame(), st));
+                return Some((frame, st));
             }
             Err(RecvError::Closed) => return None,
         }

@@ -67,6 +67,26 @@ enum ConnEnd {
     Error,
 }
 
+/// Run `work` (a connect attempt, a backoff wait); if the stream has been
+/// down since `since` for the channel's `down_after` meanwhile, tell the
+/// tabs so — they hear it on time whatever the backoff is.
+async fn announce_outage<F: std::future::Future>(
+    channel: &Channel,
+    since: Option<Instant>,
+    work: F,
+) -> F::Output {
+    let Some(since) = since.filter(|_| !channel.is_down()) else {
+        return work.await;
+    };
+    let due = since + channel.signals().down_after;
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        _ = tokio::time::sleep_until(due) => channel.upstream_down(),
+    }
+    work.await
+}
+
 /// The translation rules in force, swappable at run time (config reload):
 /// each event is translated with the rules current when it arrives.
 pub type SharedRules = Arc<ArcSwap<Rules>>;
@@ -150,6 +170,9 @@ impl Upstream {
                 .map(|(_, every)| Instant::now() + *every),
         };
         let mut connected_before = false;
+        // Since when the stream has been wanted but not up (the tabs hear
+        // `upstream-down` once this is `down_after` old).
+        let mut down_since = Some(Instant::now());
         loop {
             let Some((key, cred)) = channel.credential() else {
                 tracing::info!(user = %channel.user(), "backend refused every credential; logging tabs out");
@@ -164,10 +187,10 @@ impl Upstream {
             };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
-                r = async {
+                r = announce_outage(&channel, down_since, async {
                     self.pacer.wait().await;
                     self.connector.connect(req).await
-                } => r,
+                }) => r,
             };
             match result {
                 Ok(stream) => {
@@ -200,6 +223,7 @@ impl Upstream {
                     if how == ConnEnd::Cancelled {
                         return End::Cancelled;
                     }
+                    down_since = Some(Instant::now());
                     if up_since.elapsed() >= s.backoff_reset_after {
                         backoff.reset();
                     }
@@ -224,7 +248,7 @@ impl Upstream {
             let delay = backoff.next_delay().max(at.retry_hint.unwrap_or_default());
             tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
-                _ = tokio::time::sleep(delay) => {}
+                _ = announce_outage(&channel, down_since, tokio::time::sleep(delay)) => {}
             }
         }
     }

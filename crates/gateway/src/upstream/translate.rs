@@ -51,8 +51,6 @@ pub struct When {
     pub equals: String,
 }
 
-/// The name of events without an `event:` field.
-pub const UNNAMED: &str = "message";
 /// The wildcard event name.
 pub const ANY: &str = "*";
 

@@ -282,9 +282,10 @@ async fn retry_field_is_honoured_and_last_event_id_sent_on_reconnect() {
     assert_eq!(calls[1].1.last_event_id.as_deref(), Some("ep-7"));
     assert_eq!(cookie_of(&calls[1].1), "session=a");
     assert_eq!(calls[0].1.last_event_id, None);
-    // A resumable reconnect is not a resync.
+    // A resumable reconnect is not a resync; the 5 s away (past
+    // `hub.upstream_down_after`) was an outage the tabs heard of.
     settle().await;
-    assert!(event_names(&mut rx).is_empty());
+    assert_eq!(event_names(&mut rx), vec!["upstream-down", "upstream-up"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -725,4 +726,148 @@ fn cookie_of(req: &ConnectRequest) -> String {
         .as_ref()
         .map(|(_, v)| v.to_str().expect("text").to_string())
         .unwrap_or_default()
+}
+
+fn hub_configured(script: &Arc<Script>, hub: HubConfig) -> Hub {
+    let upstream = Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(Rules::default()),
+        settings(),
+        None,
+    );
+    Hub::new(
+        HubConfig {
+            ring_size: 64,
+            max_lag_frames: 64,
+            max_total_tabs: 100,
+            ..hub
+        },
+        upstream,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_told_after_down_after_and_its_end_too() {
+    let script = Arc::new(Script::default());
+    // The backend is down for the first eight connects.
+    for _ in 0..8 {
+        script.fail_next(ConnectError::Status(http::StatusCode::BAD_GATEWAY));
+    }
+    let hub = hub_configured(&script, HubConfig::default());
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    tokio::time::advance(Duration::from_millis(1900)).await;
+    settle().await;
+    assert!(event_names(&mut rx).is_empty(), "not yet: under 2 s");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    settle().await;
+    assert_eq!(event_names(&mut rx), vec!["upstream-down"]);
+    // A tab arriving during the outage hears of it first.
+    let late = tab.channel().attach(None);
+    let down = late.down.expect("told it is down");
+    assert!(String::from_utf8_lossy(&down).contains("event: upstream-down"));
+    // Once a connect succeeds: `upstream-up`, once, before anything else.
+    while script.streams.lock().expect("lock").is_empty() {
+        tokio::time::advance(Duration::from_millis(250)).await;
+        settle().await;
+    }
+    settle().await;
+    let names = event_names(&mut rx);
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("upstream-up"),
+        "{names:?}"
+    );
+    assert_eq!(names.iter().filter(|n| *n == "upstream-down").count(), 0);
+    assert!(tab.channel().attach(None).down.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_gap_end_ends_live_streams_where_resync_would_be_sent() {
+    let script = Arc::new(Script::default());
+    let hub = hub_configured(
+        &script,
+        HubConfig {
+            on_gap: crate::config::GapPolicy::End,
+            ..HubConfig::default()
+        },
+    );
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut a = tab.channel().attach(None);
+    settle().await;
+    // An id-less upstream drops and comes back: it cannot resume.
+    send(
+        &script.stream(0),
+        "event: inbound\ndata: {\"peer\":\"bob\"}\n\n",
+    );
+    settle().await;
+    drop(script.streams.lock().expect("lock").remove(0));
+    while script.streams.lock().expect("lock").is_empty() {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    settle().await;
+    let mut frames = VecDeque::new();
+    a.rx.take_into(&mut frames, 64).expect("frames");
+    let text: String = frames.iter().map(|b| String::from_utf8_lossy(b)).collect();
+    assert!(text.contains("event: thread-updated"), "{text}");
+    assert!(
+        !text.contains("resync"),
+        "no resync under on_gap = end: {text}"
+    );
+    assert!(a.rx.ended(), "the live stream ends at the gap");
+    // The gap's id moves a reconnecting tab past it: replay goes on, and
+    // the replayed gap does not end the new stream.
+    let last_id = text
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .next()
+        .expect("an id")
+        .to_string();
+    let mut again = tab.channel().attach(Some(&last_id));
+    assert!(again.resync.is_none() && again.replay.is_empty());
+    send(
+        &script.last_stream(),
+        "event: inbound\ndata: {\"peer\":\"carol\"}\n\n",
+    );
+    settle().await;
+    assert_eq!(
+        event_names(&mut again.rx),
+        vec!["thread-updated", "contact-changed"]
+    );
+    assert!(!again.rx.ended());
+    // An unservable id under `end`: only the new position, no resync event.
+    let stale = tab.channel().attach(Some("other-epoch-1"));
+    let (frame, _) = stale.resync.expect("position");
+    assert!(String::from_utf8_lossy(&frame).starts_with("id: "));
+    assert!(!String::from_utf8_lossy(&frame).contains("event:"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_resync_event_is_configurable() {
+    let script = Arc::new(Script::default());
+    let hub = hub_configured(
+        &script,
+        HubConfig {
+            resync_event: "changed".into(),
+            resync_data: String::new(),
+            ..HubConfig::default()
+        },
+    );
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    drop(script.streams.lock().expect("lock").remove(0));
+    while script.streams.lock().expect("lock").is_empty() {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    settle().await;
+    let f = rx.try_recv().expect("a gap frame");
+    let text = String::from_utf8_lossy(&f.bytes);
+    assert!(text.contains("event: changed\ndata: \n"), "{text}");
+    let stale = tab.channel().attach(Some("x-1")).resync.expect("resync");
+    assert!(String::from_utf8_lossy(&stale.0).contains("event: changed\n"));
 }
