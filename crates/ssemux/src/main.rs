@@ -49,10 +49,18 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Validate a configuration file and print it with defaults filled in.
+    /// Validate a configuration file — every key, and the files it names
+    /// (TLS certificate and key, CA, JWT keys) — and print it with defaults
+    /// filled in. Exit 2 on any error, naming the key.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Backend base URL, as `serve --backend` would be given it.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Overrides, as `serve --set` would be given them.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Run the mock chat backend and the gateway together on loopback
     /// (built with the `demo` feature: `make run`).
@@ -81,8 +89,23 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::CheckConfig { file } => {
-            return match Config::load(Some(&file), std::env::vars(), &[]) {
+        Command::CheckConfig {
+            file,
+            backend,
+            mut set,
+        } => {
+            if let Some(b) = backend {
+                set.push(format!("backend={b}"));
+            }
+            let checked = Config::load(Some(&file), std::env::vars(), &set)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| {
+                    // Building the gateway reads every file the
+                    // configuration names; nothing listens or connects.
+                    let built = rt.block_on(async { Gateway::new(cfg.clone()).map(drop) });
+                    built.map(|()| cfg).map_err(|e| e.to_string())
+                });
+            return match checked {
                 Ok(cfg) => {
                     for d in &cfg.deprecated {
                         eprintln!("{}: warning: {d}", file.display());

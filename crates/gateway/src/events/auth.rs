@@ -232,10 +232,11 @@ impl Auth {
         Self::answer(known, credential, session)
     }
 
-    /// The identity of `upstream` mode: a keyed hash of the credential, so
-    /// tabs with one credential share one stream and the id names nobody.
+    /// The identity of `upstream` mode: a keyed hash of the credential's
+    /// value, so tabs with one credential share one stream — wherever they
+    /// put it (`?sessionId=` or `X-Session-Id`) — and the id names nobody.
     fn keyed(&self, cred: &Credential) -> String {
-        let tag = ring::hmac::sign(&self.hash_key, &cache_key(cred));
+        let tag = ring::hmac::sign(&self.hash_key, cred.value().as_bytes());
         let hex: String = tag.as_ref()[..12]
             .iter()
             .map(|b| format!("{b:02x}"))
