@@ -31,6 +31,8 @@ enum Me {
     LoginPage,
     /// `200` JSON whose id carries a line break.
     ControlId,
+    /// The redirect, after a third of a second (a slow identity service).
+    SlowRedirect,
 }
 
 /// A backend whose only behaviour is its identity endpoint; counts calls.
@@ -52,8 +54,11 @@ async fn backend(me: Me) -> (SocketAddr, Arc<AtomicUsize>) {
                     let mut resp = Response::new(Full::new(Bytes::new()));
                     if req.uri().path() == "/api/v1/me" {
                         calls.fetch_add(1, Ordering::SeqCst);
+                        if matches!(me, Me::SlowRedirect) {
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        }
                         match me {
-                            Me::Redirect => {
+                            Me::Redirect | Me::SlowRedirect => {
                                 *resp.status_mut() = StatusCode::FOUND;
                                 resp.headers_mut().insert(
                                     "location",
@@ -200,4 +205,33 @@ async fn an_identity_with_control_characters_is_refused() {
     let gw = gateway(be, &[]).await;
     let got = attempts(gw, "session=control-id", 1).await;
     assert_eq!(got[0].0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_with_one_credential_make_one_identity_call() {
+    let (be, calls) = backend(Me::SlowRedirect).await;
+    let gw = gateway(be, &[]).await;
+    let tabs: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                common::request(
+                    gw,
+                    "GET",
+                    "/events",
+                    &[("cookie", "sessionid=many-tabs")],
+                    "",
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for t in tabs {
+        assert_eq!(t.await.expect("task"), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "sixteen tabs arriving together wait for one identity call"
+    );
 }
