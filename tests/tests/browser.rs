@@ -476,9 +476,10 @@ fn send_in_one_tab_shows_in_other(w: &mut World) {
     );
 }
 
-/// The backend restarts (event logs lost) and refuses streams for a
-/// moment; a message sent meanwhile can only reach the tabs through a
-/// resync. Both windows re-render, the badge goes yellow then green.
+/// The backend restarts (event logs lost) and refuses streams for longer
+/// than `hub.upstream_down_after`; a message sent meanwhile can only reach
+/// the tabs through a resync. The badge goes yellow while the backend is
+/// unreachable (`upstream-down`), both windows re-render, then green.
 fn backend_restart_resyncs(w: &mut World) {
     let alice = w.browser("alice");
     let a1 = w.sessions[alice].current_window();
@@ -493,7 +494,7 @@ fn backend_restart_resyncs(w: &mut World) {
     }
     w.env
         .backend
-        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(600));
+        .refuse_streams(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(2600));
     w.env.backend.restart();
     w.env
         .backend
@@ -506,7 +507,7 @@ fn backend_restart_resyncs(w: &mut World) {
             WAIT,
             &format!(
                 "var h = window.ssemuxBadgeLog.slice({mark}); var i = h.indexOf('resyncing');\
-                 return i >= 0 && h.slice(i).indexOf('connected') > 0 &&\
+                 return h.indexOf('degraded') >= 0 && i >= 0 && h.slice(i).indexOf('connected') > 0 &&\
                  document.getElementById('conn').dataset.state === 'connected'"
             ),
         );

@@ -237,10 +237,16 @@ pub fn app_page(flavor: Flavor, me: &str, tab: &str, contacts: &[Contact<'_>]) -
         "<div id=\"live\" class=\"live\" {live}>\n\
          <header class=\"top me\" data-user=\"{me}\">\
          <span class=\"brand\">posta</span> \
-         <span id=\"conn\" class=\"badge\" data-state=\"connecting\" role=\"status\">Connecting…</span> \
+         <span id=\"conn\" class=\"badge\" data-state=\"connecting\" role=\"status\"{outage}>Connecting…</span> \
          <span class=\"who\">Signed in as <b>{me}</b></span> {switch} {logout}</header>\n\
          <main class=\"app\">\n{sidebar}{pane}</main>\n</div>\n",
         live = flavor.live_attrs(tab),
+        // htmx 2's extension only listens for names some element asks for;
+        // htmx 4 dispatches every event on #live.
+        outage = match flavor {
+            Flavor::Htmx2 => " hx-trigger=\"sse:upstream-down, sse:upstream-up\"",
+            Flavor::Htmx4 => "",
+        },
         me = escape(me),
         switch = flavor_switch(flavor),
         logout = logout_form(flavor),

@@ -22,6 +22,7 @@
     connected: "Connected",
     reconnecting: "Reconnecting…",
     resyncing: "Resyncing…",
+    degraded: "Backend unreachable…",
     paused: "Paused",
     disconnected: "Disconnected",
   };
@@ -89,6 +90,19 @@
       setState("disconnected");
     });
   }
+
+  // The gateway's stream to the backend is down: the page is connected, but
+  // no update can arrive until the gateway says the backend is back.
+  function upstreamDown() {
+    setState("degraded");
+  }
+  function upstreamUp() {
+    if (badge.dataset.state === "degraded") setState("connected");
+  }
+  on("sse:upstream-down", upstreamDown); // htmx 2: the badge listens
+  on("upstream-down", upstreamDown); // htmx 4: dispatched on #live
+  on("sse:upstream-up", upstreamUp);
+  on("upstream-up", upstreamUp);
 
   // A resync means our view may be stale until the fragments that listen
   // for it have been re-fetched: yellow until the contact list is replaced.

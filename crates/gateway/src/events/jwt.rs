@@ -28,6 +28,9 @@ const MAX_USER_BYTES: usize = 256;
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Most often the backend's JWKS is fetched again for an unknown `kid`.
 const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(60);
+/// Most often it is fetched while ssemux has no key at all (the backend was
+/// down at the first token): every token is refused until it has one.
+const JWKS_FIRST_FETCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a token was not accepted.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -159,7 +162,12 @@ impl JwtVerifier {
         {
             let mut last = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            if last.is_some_and(|at| now.duration_since(at) < JWKS_REFETCH_EVERY) {
+            let every = if set.load().is_empty() {
+                JWKS_FIRST_FETCH_EVERY
+            } else {
+                JWKS_REFETCH_EVERY
+            };
+            if last.is_some_and(|at| now.duration_since(at) < every) {
                 return Ok(());
             }
             *last = Some(now);
@@ -406,5 +414,130 @@ mod tests {
         ] {
             assert!(JwtVerifier::new(&cfg, client.clone(), None, Duration::from_secs(1)).is_err());
         }
+    }
+
+    /// An ES256 key pair: the token signer and the public key as a JWK.
+    fn es256(kid: &str) -> (EncodingKey, serde_json::Value) {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("pair");
+        let point = pair.public_key().as_ref();
+        let b64 = |b: &[u8]| base64url_bytes(b);
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        });
+        (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+    }
+
+    fn base64url_bytes(b: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |acc, &x| (acc << 8) | x as u32) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    fn es_token(key: &EncodingKey, kid: &str, sub: &str) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(kid.into());
+        encode(&h, &json!({"sub": sub, "exp": now() + 60}), key).expect("token")
+    }
+
+    /// A backend serving `doc` as its JWKS; counts fetches.
+    async fn jwks_server(
+        doc: Arc<std::sync::Mutex<String>>,
+    ) -> (Uri, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counted = fetches.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (doc, counted) = (doc.clone(), counted.clone());
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let text = doc.lock().expect("lock").clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body::full(text)))
+                    }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        let url = format!("http://{addr}/.well-known/jwks.json")
+            .parse()
+            .expect("uri");
+        (url, fetches)
+    }
+
+    #[tokio::test]
+    async fn es256_from_a_backend_jwks_refetched_for_a_new_kid_at_most_once_a_minute() {
+        use std::sync::atomic::Ordering;
+        let (k1, jwk1) = es256("e1");
+        let (k2, jwk2) = es256("e2");
+        let doc = Arc::new(std::sync::Mutex::new(
+            json!({"keys": [jwk1.clone()]}).to_string(),
+        ));
+        let (url, fetches) = jwks_server(doc.clone()).await;
+        let client = crate::backend::backend_client(&crate::backend::ClientConfig::default())
+            .expect("client");
+        let cfg = JwtConfig {
+            algorithm: JwtAlgorithm::ES256,
+            jwks_path: "/.well-known/jwks.json".into(),
+            ..JwtConfig::default()
+        };
+        let v = JwtVerifier::new(&cfg, client, Some(url), Duration::from_secs(2)).expect("v");
+        assert_eq!(
+            v.verify(&es_token(&k1, "e1", "alice")).await,
+            Ok("alice".into())
+        );
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            1,
+            "fetched at the first token"
+        );
+        assert_eq!(
+            v.verify(&es_token(&k1, "e1", "bob")).await,
+            Ok("bob".into())
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "then kept");
+        // The backend rotates in a key: a token naming it is refused until
+        // the next fetch is allowed (a flood of made-up kids costs one
+        // fetch a minute), then accepted.
+        *doc.lock().expect("lock") = json!({"keys": [jwk1, jwk2]}).to_string();
+        assert!(v.verify(&es_token(&k2, "e2", "carol")).await.is_err());
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        *v.fetched.lock().expect("lock") = Some(Instant::now() - JWKS_REFETCH_EVERY);
+        assert_eq!(
+            v.verify(&es_token(&k2, "e2", "carol")).await,
+            Ok("carol".into())
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        // An HS256 token against the ES256 verifier: refused by algorithm.
+        assert!(
+            v.verify(&hs(json!({"sub": "x", "exp": now() + 60})))
+                .await
+                .is_err()
+        );
     }
 }
