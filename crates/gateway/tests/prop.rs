@@ -227,6 +227,43 @@ proptest! {
         }
     }
 
+    /// Pass-through: whatever name (as the parser yields it) and data the
+    /// upstream sends, the tab parses back the same name and the same data
+    /// (line ends as LF, NUL as U+FFFD, as the SSE parser normalises them),
+    /// and no line of it is anything but `id`, `event` or `data`.
+    #[test]
+    fn passed_events_arrive_as_sent_and_cannot_start_a_field(
+        name in "[A-Za-z0-9._:-]{1,20}|message",
+        data in evil_string(),
+    ) {
+        let rules = Rules { rules: vec![Rule::pass("*")] };
+        let ch = Channel::with_epoch("alice", "ep", 64, 1024);
+        let mut rx = ch.attach(None).rx;
+        let Translation::Triggers(ts) = ssemux_gateway::translate(&rules, &name, &data) else {
+            return Err(TestCaseError::fail("a wildcard pass rule matches everything"));
+        };
+        ch.publish(&ts);
+        let frame = rx.try_recv().map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let text = std::str::from_utf8(&frame.bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(!text.contains('\r') && !text.contains('\0'), "{:?}", text);
+        for line in text.split('\n') {
+            prop_assert!(
+                line.is_empty() || line.starts_with("id: ") || line.starts_with("event: ")
+                    || line.starts_with("data: "),
+                "field not allowed: {:?}", line
+            );
+        }
+        let mut p = Parser::new(1 << 20);
+        p.push(&frame.bytes);
+        let Some(Ok(Item::Event(ev))) = p.next_item() else {
+            return Err(TestCaseError::fail(format!("no event in {text:?}")));
+        };
+        let want = data.replace("\r\n", "\n").replace('\r', "\n").replace('\0', "\u{FFFD}");
+        prop_assert_eq!(&ev.event, &name);
+        prop_assert_eq!(&ev.data, &want);
+        prop_assert_eq!(&ev.last_event_id, "ep-1");
+    }
+
     /// clean_data: one line, never empty, capped, for any text.
     #[test]
     fn clean_data_is_always_one_safe_line(raw in evil_string()) {

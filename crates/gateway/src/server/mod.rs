@@ -253,6 +253,7 @@ impl Gateway {
             ("auth", new.auth == l.auth),
             ("upstream", new.upstream == l.upstream),
             ("hub", new.hub == l.hub),
+            ("key", new.key == l.key),
             ("watermark", new.watermark == l.watermark),
             ("proxy", new.proxy == l.proxy),
             ("server", new.server == l.server),
