@@ -100,6 +100,125 @@ pub mod duration {
     }
 }
 
+impl ConfigError {
+    /// The dotted key the error is about, if it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::UnknownKey(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+/// A value of the wrong type: serde's message ends with "in `hub.grace`";
+/// made one line that names the key first, like every other error.
+fn typed_error(msg: &str) -> ConfigError {
+    let msg = msg.trim();
+    match msg.rsplit_once("\nin `") {
+        Some((why, key)) => ConfigError::Invalid {
+            key: key.trim_end_matches('`').to_string(),
+            why: why.trim().replace('\n', " "),
+        },
+        None => ConfigError::Parse(msg.replace('\n', " ")),
+    }
+}
+
+/// Where a key's value came from, highest precedence first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A `--set key=value` flag.
+    Flag(String),
+    /// An `SSEMUX_*` environment variable: its name and value.
+    Env(String, String),
+    /// The file, at this 1-based line.
+    File(usize),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag(s) => write!(f, "--set {s}"),
+            Origin::Env(k, v) => write!(f, "{k}={v}"),
+            Origin::File(line) => write!(f, "line {line}"),
+        }
+    }
+}
+
+/// Where `key` (dotted; `translate.rules[2]` for the third rule) was set:
+/// a flag, the environment, the file's text, or nowhere (its default).
+pub fn origin(
+    key: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    overrides: &[String],
+) -> Option<Origin> {
+    let renamed_from: Vec<&str> = RENAMED
+        .iter()
+        .filter(|(_, new)| *new == key)
+        .map(|(old, _)| *old)
+        .collect();
+    let names: Vec<&str> = std::iter::once(key).chain(renamed_from).collect();
+    for o in overrides.iter().rev() {
+        if let Some((k, _)) = o.split_once('=')
+            && names.contains(&k.trim())
+        {
+            return Some(Origin::Flag(o.clone()));
+        }
+    }
+    for n in &names {
+        let var = env_name(n);
+        if let Some(v) = env.get(&var) {
+            return Some(Origin::Env(var, v.clone()));
+        }
+    }
+    names
+        .iter()
+        .find_map(|n| line_of(text, n))
+        .map(Origin::File)
+}
+
+/// The 1-based line of `key` in a TOML text: `k = …` under its table
+/// header, or the header of the n-th `[[table]]` for `table[n]`.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (array, index) = match key.rsplit_once('[') {
+        Some((a, rest)) => (Some(a), rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (None, None),
+    };
+    let mut table = String::new();
+    let mut seen = 0usize;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(h) = line.strip_prefix("[[").and_then(|h| h.split_once("]]")) {
+            table = h.0.trim().to_string();
+            if Some(table.as_str()) == array {
+                if Some(seen) == index {
+                    return Some(n + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            table = h.0.trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let full = if table.is_empty() {
+            k.to_string()
+        } else {
+            format!("{table}.{k}")
+        };
+        if array.is_none() && full == key {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -604,8 +723,10 @@ impl Default for HubConfig {
 pub struct WatermarkConfig {
     /// Path of the backend's read-watermark endpoint; a 2xx `POST` of
     /// `{peer,rowId}` through ssemux marks the peer active for the tab.
+    /// Empty: off (every request on every path is proxied as it is).
     pub read_path: String,
-    /// Upstream event whose `peer` may be advanced automatically.
+    /// Upstream event whose `peer` may be advanced automatically (empty:
+    /// never).
     pub inbound_event: String,
     /// Time allowed for each automatic watermark POST.
     #[serde(with = "duration")]
@@ -799,7 +920,7 @@ impl Config {
         }
         let mut cfg: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+            .map_err(|e: toml::de::Error| typed_error(&e.to_string()))?;
         cfg.deprecated = deprecated;
         cfg.validate()?;
         Ok(cfg)
@@ -820,7 +941,6 @@ impl Config {
             ("events_path", &self.events_path),
             ("auth.me_path", &self.auth.me_path),
             ("upstream.events_path", &self.upstream.events_path),
-            ("watermark.read_path", &self.watermark.read_path),
             ("admin.metrics_path", &self.admin.metrics_path),
             ("admin.healthz_path", &self.admin.healthz_path),
             ("admin.readyz_path", &self.admin.readyz_path),
@@ -828,6 +948,13 @@ impl Config {
             if !p.starts_with('/') {
                 return bad(key, "must start with `/`");
             }
+        }
+        // Empty turns the read path off (a backend without watermarks).
+        if !self.watermark.read_path.is_empty() && !self.watermark.read_path.starts_with('/') {
+            return bad(
+                "watermark.read_path",
+                "must start with `/` (or be empty: off)",
+            );
         }
         if self.hub.ring_size == 0 {
             return bad("hub.ring_size", "must be at least 1");
@@ -891,10 +1018,13 @@ impl Config {
         if self.hub.resync_data.contains(['\r', '\n']) {
             return bad("hub.resync_data", "must be one line");
         }
-        translate::validate(&self.translate).map_err(|e| ConfigError::Invalid {
-            key: "translate".into(),
-            why: e.to_string(),
-        })?;
+        if let Some((i, e)) = translate::first_bad(&self.translate) {
+            let event = &self.translate.rules[i].event;
+            return Err(ConfigError::Invalid {
+                key: format!("translate.rules[{i}]"),
+                why: format!("(the rule for `{event}`) {e}"),
+            });
+        }
         Ok(())
     }
 
@@ -1276,6 +1406,38 @@ mod tests {
         assert!(e.to_string().contains("hub.nope"), "{e}");
         let e = Config::from_parts("[hub]\nring_size = 0\n", none(), &[]).unwrap_err();
         assert!(e.to_string().contains("hub.ring_size"), "{e}");
+    }
+
+    #[test]
+    fn origins_name_flag_env_or_line() {
+        let text = "listen = \"127.0.0.1:1\"\n[hub]\n# grace = \"1s\"\ngrace = \"soon\"\n\n[[translate.rules]]\nevent = \"a\"\n[[translate.rules]]\nevent = \"b\"\n";
+        let none = BTreeMap::new();
+        assert_eq!(origin("hub.grace", text, &none, &[]), Some(Origin::File(4)));
+        assert_eq!(origin("listen", text, &none, &[]), Some(Origin::File(1)));
+        assert_eq!(
+            origin("translate.rules[1]", text, &none, &[]),
+            Some(Origin::File(8))
+        );
+        assert_eq!(origin("hub.ring_size", text, &none, &[]), None);
+        let env: BTreeMap<_, _> = [("SSEMUX_HUB_GRACE".to_string(), "x".to_string())].into();
+        assert_eq!(
+            origin("hub.grace", text, &env, &[]),
+            Some(Origin::Env("SSEMUX_HUB_GRACE".into(), "x".into()))
+        );
+        assert_eq!(
+            origin("hub.grace", text, &env, &["hub.grace=2s".into()]),
+            Some(Origin::Flag("hub.grace=2s".into()))
+        );
+        let e = Config::from_parts(text, none.clone(), &[]).unwrap_err();
+        assert_eq!(e.key(), Some("hub.grace"), "{e}");
+        let bad_rule = "[[translate.rules]]\nevent = \"a\"\n[[translate.rules]]\nevent = \"b\"\ntriggers = [{ name = \"x y\" }]\n";
+        let e = Config::from_parts(bad_rule, none.clone(), &[]).unwrap_err();
+        assert_eq!(e.key(), Some("translate.rules[1]"), "{e}");
+        assert!(e.to_string().contains("`b`"), "{e}");
+        assert_eq!(
+            origin("translate.rules[1]", bad_rule, &none, &[]),
+            Some(Origin::File(3))
+        );
     }
 
     #[test]

@@ -31,8 +31,9 @@ mod watermark;
 pub use backend::{BackendClient, BackendUrl, ClientConfig, ClientError, backend_client};
 pub use config::{
     AdminConfig, AuthConfig, Config, ConfigError, GapPolicy, HttpVersion, HubConfig, IdentityMode,
-    JwtAlgorithm, JwtConfig, KeyConfig, KeyParam, ProxyConfig, RedirectMeans, ServerConfig,
+    JwtAlgorithm, JwtConfig, KeyConfig, KeyParam, Origin, ProxyConfig, RedirectMeans, ServerConfig,
     TlsConfig, TrustedProxies, UpstreamConfig, WatermarkConfig, env_name, join_url, known_keys,
+    origin as config_origin,
 };
 pub use cookie::{MAX_COOKIE_BYTES, cookie_count, cookie_header, cookie_value};
 pub use credential::{Credential, Place, Presentation, Presented, Sources};

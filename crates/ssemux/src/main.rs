@@ -19,12 +19,14 @@ use tokio::net::TcpListener;
     about = "SSE multiplexing reverse proxy: one upstream stream per user, live triggers for every tab"
 )]
 struct Cli {
-    /// Log format: `human` or `json`.
+    /// Log format: `human` (coloured only on a terminal, never with
+    /// `NO_COLOR` set) or `json`.
     #[arg(
         long,
         global = true,
         default_value = "human",
-        env = "SSEMUX_LOG_FORMAT"
+        env = "SSEMUX_LOG_FORMAT",
+        value_parser = ["human", "json"]
     )]
     log_format: String,
     #[command(subcommand)]
@@ -61,6 +63,9 @@ enum Command {
         /// Overrides, as `serve --set` would be given them.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Print the effective configuration (every key, defaults filled in).
+        #[arg(long)]
+        print: bool,
     },
     /// Run the mock chat backend and the gateway together on loopback
     /// (built with the `demo` feature: `make run`).
@@ -93,29 +98,35 @@ fn main() -> ExitCode {
             file,
             backend,
             mut set,
+            print,
         } => {
             if let Some(b) = backend {
                 set.push(format!("backend={b}"));
             }
             let checked = Config::load(Some(&file), std::env::vars(), &set)
-                .map_err(|e| e.to_string())
+                .map_err(|e| explain(&e, Some(&file), &set))
+                .and_then(|cfg| require_backend(Some(&file), &set).map(|()| cfg))
                 .and_then(|cfg| {
                     // Building the gateway reads every file the
                     // configuration names; nothing listens or connects.
                     let built = rt.block_on(async { Gateway::new(cfg.clone()).map(drop) });
-                    built.map(|()| cfg).map_err(|e| e.to_string())
+                    built
+                        .map(|()| cfg)
+                        .map_err(|e| format!("{}: {e}", file.display()))
                 });
             return match checked {
                 Ok(cfg) => {
                     for d in &cfg.deprecated {
                         eprintln!("{}: warning: {d}", file.display());
                     }
-                    println!("{}", cfg.to_toml());
+                    if print {
+                        println!("{}", cfg.to_toml());
+                    }
                     eprintln!("{}: ok", file.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}: {e}", file.display());
+                    eprintln!("{e}");
                     ExitCode::from(2)
                 }
             };
@@ -132,7 +143,10 @@ fn main() -> ExitCode {
             if let Some(b) = backend {
                 set.push(format!("backend={b}"));
             }
-            match Config::load(config.as_deref(), std::env::vars(), &set) {
+            let loaded = Config::load(config.as_deref(), std::env::vars(), &set)
+                .map_err(|e| explain(&e, config.as_deref(), &set))
+                .and_then(|cfg| require_backend(config.as_deref(), &set).map(|()| cfg));
+            match loaded {
                 Ok(cfg) => rt.block_on(serve(cfg, Source { file: config, set })),
                 Err(e) => {
                     eprintln!("ssemux: configuration: {e}");
@@ -155,10 +169,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// A configuration error with where the bad value came from: the file and
+/// line, the environment variable, or the `--set` flag.
+fn explain(
+    e: &ssemux_gateway::ConfigError,
+    file: Option<&std::path::Path>,
+    set: &[String],
+) -> String {
+    let text = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let name = file.map_or_else(|| "configuration".to_string(), |f| f.display().to_string());
+    let Some(key) = e.key() else {
+        return format!("{name}: {e}");
+    };
+    match ssemux_gateway::config_origin(key, &text, &env, set) {
+        Some(ssemux_gateway::Origin::File(line)) => format!("{name}:{line}: {e}"),
+        Some(other) => format!("{other}: {e}"),
+        None => format!("{name}: {e}"),
+    }
+}
+
+/// `serve` needs to be told where the backend is: a default address would
+/// start without a word and answer every request with `502`.
+fn require_backend(file: Option<&std::path::Path>, set: &[String]) -> Result<(), String> {
+    let text = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    match ssemux_gateway::config_origin("backend", &text, &env, set) {
+        Some(_) => Ok(()),
+        None => Err(
+            "no backend given: say where your backend is with `--backend http://host:port`, \
+             `backend = \"http://host:port\"` in the configuration file, or SSEMUX_BACKEND"
+                .to_string(),
+        ),
+    }
+}
+
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SSEMUX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes belong on a terminal, not in files or the journal.
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     if format == "json" {
         builder.json().init();
     } else {

@@ -132,7 +132,12 @@ impl JwtVerifier {
                 Some(k) => k,
                 None => {
                     self.refetch().await?;
-                    find(&set.load(), head.kid.as_deref())
+                    let keys = set.load();
+                    if keys.is_empty() {
+                        // Not the token's fault: ssemux has no key yet.
+                        return Err(JwtError::Unavailable("no signing keys fetched yet".into()));
+                    }
+                    find(&keys, head.kid.as_deref())
                         .ok_or_else(|| JwtError::Refused("no key for the token's kid".into()))?
                 }
             },

@@ -269,7 +269,15 @@ impl Failure {
         } else {
             Failure::Backend
         };
-        tracing::warn!(error = ?err, "backend request failed");
+        // The causes as one line of text, not the client's `Debug` dump.
+        let mut why = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
+        tracing::warn!(error = %why, "backend request failed");
         failure
     }
 

@@ -97,7 +97,11 @@ impl Gateway {
         let metrics = Metrics::new();
         let watermarks = Watermarks::new(
             client.clone(),
-            cfg.backend_url(&cfg.watermark.read_path)?,
+            // Off (empty): the URL is never posted to.
+            cfg.backend_url(match cfg.watermark.read_path.as_str() {
+                "" => "/",
+                p => p,
+            })?,
             &cfg.watermark,
             metrics.clone(),
         );

@@ -173,6 +173,9 @@ impl Upstream {
         // Since when the stream has been wanted but not up (the tabs hear
         // `upstream-down` once this is `down_after` old).
         let mut down_since = Some(Instant::now());
+        // Failed connects since the stream was last up, for the one line
+        // that says it is back.
+        let mut failures = 0u32;
         loop {
             let Some((key, cred)) = channel.credential() else {
                 tracing::info!(user = %channel.user(), "backend refused every credential; logging tabs out");
@@ -195,6 +198,11 @@ impl Upstream {
             match result {
                 Ok(stream) => {
                     self.metrics.upstream_opened(connected_before);
+                    if failures > 0 {
+                        let down = down_since.map(|t| t.elapsed());
+                        tracing::info!(user = %channel.user(), failures, down_for = ?down, "upstream reconnected");
+                        failures = 0;
+                    }
                     let owed = channel.upstream_connected();
                     if owed || (connected_before && at.last_id.is_none()) {
                         // Nothing to resume from: whatever happened while
@@ -242,7 +250,8 @@ impl Upstream {
                         ConnectError::Timeout => UpstreamFailure::Timeout,
                         ConnectError::Transport(_) => UpstreamFailure::Transport,
                     });
-                    tracing::warn!(user = %channel.user(), error = %e, "upstream connect failed");
+                    failures += 1;
+                    tracing::warn!(user = %channel.user(), error = %e, failures, "upstream connect failed");
                 }
             }
             let delay = backoff.next_delay().max(at.retry_hint.unwrap_or_default());

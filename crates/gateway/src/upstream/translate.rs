@@ -177,23 +177,35 @@ pub enum RuleError {
 }
 
 /// Check every rule once at load time so translation never has to.
+#[cfg(test)]
 pub fn validate(rules: &Rules) -> Result<(), RuleError> {
-    for rule in &rules.rules {
-        if rule.event.is_empty() {
-            return Err(RuleError::EmptyEvent);
-        }
-        if let Some(r) = &rule.rename
-            && (!rule.pass || !valid_name(r))
-        {
-            return Err(RuleError::BadRename(rule.event.clone()));
-        }
-        if rule.when.as_ref().is_some_and(|w| w.field.is_empty()) {
-            return Err(RuleError::EmptyField(rule.event.clone()));
-        }
-        for t in &rule.triggers {
-            if !valid_name(&t.name) {
-                return Err(RuleError::BadName(t.name.clone()));
-            }
+    first_bad(rules).map_or(Ok(()), |(_, e)| Err(e))
+}
+
+/// The first rule that cannot be used: its index in the list, and why.
+pub fn first_bad(rules: &Rules) -> Option<(usize, RuleError)> {
+    rules
+        .rules
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| check(r).err().map(|e| (i, e)))
+}
+
+fn check(rule: &Rule) -> Result<(), RuleError> {
+    if rule.event.is_empty() {
+        return Err(RuleError::EmptyEvent);
+    }
+    if let Some(r) = &rule.rename
+        && (!rule.pass || !valid_name(r))
+    {
+        return Err(RuleError::BadRename(rule.event.clone()));
+    }
+    if rule.when.as_ref().is_some_and(|w| w.field.is_empty()) {
+        return Err(RuleError::EmptyField(rule.event.clone()));
+    }
+    for t in &rule.triggers {
+        if !valid_name(&t.name) {
+            return Err(RuleError::BadName(t.name.clone()));
         }
     }
     Ok(())
