@@ -407,7 +407,9 @@ async fn last_event_id_garbage_gets_a_resync_first() {
         .expect("event")
         .id;
     let epoch = good
-        .rsplit_once('-')
+        .split('.')
+        .next()
+        .and_then(|h| h.rsplit_once('-'))
         .map(|(e, _)| e.to_string())
         .expect("epoch");
     let long = "9".repeat(8 * 1024);
@@ -561,9 +563,11 @@ async fn ten_thousand_abandoned_tabs_stay_bounded_and_are_all_released() {
         "triggers published: {}",
         ch.last_seq()
     );
-    // The replay ring holds at most ring_size frames, whatever the tabs do.
+    // The replay ring holds at most ring_size frames, whatever the tabs do
+    // (a frame is under 256 bytes: a trigger and its id with the sealed
+    // upstream position).
     assert!(
-        ch.ring_bytes() <= 64 * 128,
+        ch.ring_bytes() <= 64 * 256,
         "ring holds {} bytes",
         ch.ring_bytes()
     );

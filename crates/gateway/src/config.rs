@@ -684,6 +684,12 @@ pub struct HubConfig {
     pub upstream_down_event: String,
     /// Event sent when it is back (empty = none).
     pub upstream_up_event: String,
+    /// A file holding the key (at least 32 bytes) that seals the upstream
+    /// position into every downstream id, so a tab resumes from the
+    /// backend's history after its channel is gone — on any instance that
+    /// has the same key. Unset: a random key per process (resume within the
+    /// process only).
+    pub resume_key_file: Option<PathBuf>,
 }
 
 /// `hub.on_gap`.
@@ -713,6 +719,7 @@ impl Default for HubConfig {
             upstream_down_after: Duration::from_secs(2),
             upstream_down_event: "upstream-down".into(),
             upstream_up_event: "upstream-up".into(),
+            resume_key_file: None,
         }
     }
 }
@@ -1192,6 +1199,7 @@ pub fn known_keys() -> Vec<String> {
     out.push("admin.listen".into());
     out.push("auth.jwt.key_file".into());
     out.push("auth.jwt.jwks_file".into());
+    out.push("hub.resume_key_file".into());
     out.sort();
     out.dedup();
     out

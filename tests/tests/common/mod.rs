@@ -52,6 +52,19 @@ impl Env {
         }
     }
 
+    /// Another gateway in front of this one's backend (a second instance
+    /// of one deployment), with `overrides`.
+    pub async fn another_gateway(&self, overrides: &[&str]) -> SocketAddr {
+        let mut sets = vec![format!("backend={}", self.backend.url())];
+        sets.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
+        let gateway = Gateway::new(cfg).expect("gateway");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(gateway.serve(listener));
+        addr
+    }
+
     /// A session cookie header for `user`.
     pub fn cookie(&self, user: &str) -> String {
         format!("session={}", self.backend.create_session(user))

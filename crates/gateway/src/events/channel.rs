@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{GapPolicy, HubConfig};
 use crate::credential::Credential;
+use crate::events::resume::{Position, ResumeKey, ResumePoint, split_id};
 use crate::metrics::ResyncCause;
 use crate::trigger::{self, Trigger};
 
@@ -39,6 +40,8 @@ pub struct Frame {
     /// past it, and a live tab's stream ends after it (a replaying tab is
     /// reconnecting anyway, so it goes on).
     pub ends: bool,
+    /// The upstream position the frame came from, if the upstream has ids.
+    pub pos: Option<Position>,
 }
 
 /// What the tabs of a channel are sent at a gap and around an upstream
@@ -168,6 +171,9 @@ struct State {
     answered_early: bool,
     // The tabs were told the upstream is down, and not yet that it is back.
     down: bool,
+    // The upstream position of the newest frame that had one (or where the
+    // channel started): what every id written from now on seals.
+    last_pos: Option<Position>,
 }
 
 /// The per-user channel. Shared as `Arc<Channel>` by the hub entry, the
@@ -190,6 +196,10 @@ pub struct Channel {
     // Wakes tabs waiting for the first upstream connect (or the close).
     upstream_ready: Notify,
     signals: Arc<Signals>,
+    // Seals upstream positions into ids (`None`: plain ids).
+    resume: Option<Arc<ResumeKey>>,
+    // The position the first tab came back with: the upstream resumes there.
+    start: Option<Position>,
     state: Mutex<State>,
 }
 
@@ -214,25 +224,21 @@ impl Channel {
         max_lag_frames: usize,
     ) -> Arc<Channel> {
         let signals = Arc::new(Signals::default());
-        Self::build(
-            &Subject::from(user),
-            epoch,
-            ring_size,
-            max_lag_frames,
-            signals,
-        )
+        let subject = Subject::from(user);
+        Self::build(&subject, epoch, ring_size, max_lag_frames, signals, None)
     }
 
     /// A new channel for `subject`, with a fresh random epoch, sending
-    /// `signals` at gaps and outages.
+    /// `signals` at gaps and outages and sealing positions with `resume`.
     pub fn for_subject(
         subject: &Subject,
         ring_size: usize,
         max_lag_frames: usize,
         signals: Arc<Signals>,
+        resume: Option<Arc<ResumeKey>>,
     ) -> Arc<Channel> {
         let epoch = format!("{:016x}", fastrand::u64(..));
-        Self::build(subject, &epoch, ring_size, max_lag_frames, signals)
+        Self::build(subject, &epoch, ring_size, max_lag_frames, signals, resume)
     }
 
     fn build(
@@ -241,6 +247,7 @@ impl Channel {
         ring_size: usize,
         max_lag_frames: usize,
         signals: Arc<Signals>,
+        resume: Option<Arc<ResumeKey>>,
     ) -> Arc<Channel> {
         let ring_size = ring_size.max(1);
         Arc::new(Channel {
@@ -254,6 +261,8 @@ impl Channel {
             revocations: AtomicU64::new(0),
             upstream_ready: Notify::new(),
             signals,
+            start: subject.from.clone().filter(|_| resume.is_some()),
+            resume,
             state: Mutex::new(State {
                 seq: 0,
                 ring: VecDeque::new(),
@@ -264,6 +273,7 @@ impl Channel {
                 upstream_seen: false,
                 answered_early: false,
                 down: false,
+                last_pos: subject.from.clone(),
             }),
         })
     }
@@ -272,6 +282,26 @@ impl Channel {
         // A panic while holding this lock cannot leave the ring half-updated
         // in a way that matters more than losing the process, so recover.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the upstream resumes: the position the channel's first tab came
+    /// back with, if it can be resumed from.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.start.as_ref()?.resume_point()
+    }
+
+    /// `<epoch>-<seq>`, and the sealed position when there is one: every id
+    /// a tab can hold says where in the upstream it stands.
+    fn id_for(&self, seq: u64, pos: Option<&Position>) -> String {
+        let sealed = self
+            .resume
+            .as_ref()
+            .zip(pos)
+            .and_then(|(k, p)| k.seal(&self.key, p));
+        match sealed {
+            Some(t) => format!("{}-{}.{}", self.epoch, seq, t),
+            None => format!("{}-{}", self.epoch, seq),
+        }
     }
 
     /// What the channel's tabs get at gaps and outages.
@@ -345,8 +375,14 @@ impl Channel {
     /// Assign ids, encode once, append to the ring, then wake the tabs once
     /// for the whole batch. Ids and ring order are assigned under one lock.
     pub fn publish(&self, triggers: &[Trigger]) {
+        self.publish_from(triggers, &[]);
+    }
+
+    /// [`Channel::publish`], each trigger with the upstream position it came
+    /// from (`positions[i]` for `triggers[i]`; missing ones have none).
+    pub fn publish_from(&self, triggers: &[Trigger], positions: &[Option<Position>]) {
         let mut st = self.lock();
-        if self.append(&mut st, triggers) {
+        if self.append(&mut st, triggers, positions) {
             drop(st);
             self.wake.send_replace(());
         }
@@ -354,14 +390,18 @@ impl Channel {
 
     // Append under the caller's lock; whether anything was appended (the
     // caller then wakes the tabs, after unlocking).
-    fn append(&self, st: &mut State, triggers: &[Trigger]) -> bool {
+    fn append(&self, st: &mut State, triggers: &[Trigger], positions: &[Option<Position>]) -> bool {
         if st.closed {
             return false;
         }
         let before = st.seq;
-        for t in triggers {
+        for (i, t) in triggers.iter().enumerate() {
+            let pos = positions.get(i).cloned().flatten();
+            if pos.is_some() {
+                st.last_pos.clone_from(&pos);
+            }
             let seq = st.seq + 1;
-            let id = format!("{}-{}", self.epoch, seq);
+            let id = self.id_for(seq, st.last_pos.as_ref());
             // A resync is how the configured gap policy is told: the channel
             // decides what the tabs see of it.
             let gap = t.name == trigger::RESYNC;
@@ -372,6 +412,7 @@ impl Channel {
                     seq,
                     bytes,
                     ends: true,
+                    pos,
                 }));
                 continue;
             }
@@ -395,6 +436,7 @@ impl Channel {
                 seq,
                 bytes,
                 ends: false,
+                pos,
             }));
         }
         if st.seq == before {
@@ -428,7 +470,7 @@ impl Channel {
     pub fn close(&self) {
         let mut st = self.lock();
         // One lock: no publish can land between the logout and the close.
-        self.append(&mut st, &[Trigger::new(trigger::LOGOUT, "1")]);
+        self.append(&mut st, &[Trigger::new(trigger::LOGOUT, "1")], &[]);
         st.closed = true;
         drop(st);
         self.wake.send_replace(());
@@ -445,7 +487,7 @@ impl Channel {
         }
         st.down = true;
         let name = self.signals.down_event.clone();
-        if !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")]) {
+        if !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")], &[]) {
             drop(st);
             self.wake.send_replace(());
         }
@@ -467,7 +509,7 @@ impl Channel {
         let owed = first && std::mem::take(&mut st.answered_early);
         let woke = std::mem::take(&mut st.down) && {
             let name = self.signals.up_event.clone();
-            !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")])
+            !name.is_empty() && self.append(&mut st, &[Trigger::new(&name, "1")], &[])
         };
         drop(st);
         if woke {
@@ -515,17 +557,18 @@ impl Channel {
         };
         let down = st.down.then(|| self.signals.down_frame.clone()).flatten();
         let Some(last) = last_event_id.map(str::trim).filter(|s| !s.is_empty()) else {
-            // Epoch and digits only: nothing here needs escaping.
-            let position = Bytes::from(format!("id: {}-{}\n\n", self.epoch, st.seq));
+            // Epoch, digits and base64url only: nothing here needs escaping.
+            let id = self.id_for(st.seq, st.last_pos.as_ref());
             return Attach {
                 replay: Vec::new(),
                 resync: None,
-                position: Some(position),
+                position: Some(Bytes::from(format!("id: {id}\n\n"))),
                 down,
                 rx,
             };
         };
-        let this_epoch = last
+        let (head, token) = split_id(last);
+        let this_epoch = head
             .rsplit_once('-')
             .filter(|(epoch, _)| *epoch == self.epoch);
         let servable = this_epoch
@@ -536,7 +579,10 @@ impl Channel {
                 let oldest_kept = st.ring.front().map_or(st.seq + 1, |f| f.seq);
                 // Everything after `seq` must still be in the ring.
                 seq <= st.seq && seq + 1 >= oldest_kept
-            });
+            })
+            // Not ours by sequence: maybe by upstream position (a channel
+            // created since, here or on another instance).
+            .or_else(|| self.after_position(&st, token?));
         match servable {
             Some(seq) => Attach {
                 replay: st
@@ -551,7 +597,7 @@ impl Channel {
                 rx,
             },
             None => {
-                let id = format!("{}-{}", self.epoch, st.seq);
+                let id = self.id_for(st.seq, st.last_pos.as_ref());
                 let cause = if this_epoch.is_some() {
                     ResyncCause::RingMiss
                 } else {
@@ -575,6 +621,18 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// The seq after which a tab holding the sealed position `token` is
+    /// served from this ring: the frame with that position, or the start
+    /// of a channel that began there (while its ring still holds seq 1).
+    fn after_position(&self, st: &State, token: &str) -> Option<u64> {
+        let pos = self.resume.as_ref()?.open(&self.key, token)?;
+        if let Some(f) = st.ring.iter().rev().find(|f| f.pos.as_ref() == Some(&pos)) {
+            return Some(f.seq);
+        }
+        let from_start = st.ring.front().map_or(st.seq == 0, |f| f.seq == 1);
+        (self.start.as_ref() == Some(&pos) && from_start).then_some(0)
     }
 
     fn detach(&self, cursor: &Arc<AtomicU64>) {
@@ -690,6 +748,9 @@ pub struct Subject {
     pub user: String,
     /// Path and query of the stream on the backend.
     pub path: Arc<str>,
+    /// Where the tab that asks for it stands in the upstream (from its
+    /// `Last-Event-ID`): a channel it creates resumes the upstream there.
+    pub from: Option<Position>,
 }
 
 impl From<&Subject> for Subject {
@@ -711,6 +772,7 @@ impl From<&str> for Subject {
             key: user.to_string(),
             user: user.to_string(),
             path: crate::config::UpstreamConfig::default().events_path.into(),
+            from: None,
         }
     }
 }

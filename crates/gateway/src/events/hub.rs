@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HubConfig;
 use crate::credential::Credential;
 use crate::events::channel::{Channel, Signals, Subject};
+use crate::events::resume::ResumeKey;
 use crate::upstream::{End, Upstream};
 
 /// Why a tab could not subscribe.
@@ -42,6 +43,8 @@ struct Inner {
     settings: HubConfig,
     /// What every channel's tabs get at gaps and outages, encoded once.
     signals: Arc<Signals>,
+    /// Seals upstream positions into every channel's ids.
+    resume: Option<Arc<ResumeKey>>,
     upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     upstreams_started: AtomicU64,
@@ -97,6 +100,18 @@ impl Hub {
     /// `hub.max_total_tabs = 0` is resolved here (and on reload), from the
     /// open-file limit.
     pub fn new(settings: HubConfig, upstream: Upstream) -> Hub {
+        // A key of this process alone: resume works within it.
+        let key = ResumeKey::random().ok().map(Arc::new);
+        Self::with_resume(settings, upstream, key)
+    }
+
+    /// [`Hub::new`] sealing positions with `resume` (shared by the
+    /// instances of a deployment), or with none (plain ids).
+    pub fn with_resume(
+        settings: HubConfig,
+        upstream: Upstream,
+        resume: Option<Arc<ResumeKey>>,
+    ) -> Hub {
         let max_total_tabs = total_tabs_limit(settings.max_total_tabs);
         Hub {
             inner: Arc::new(Inner {
@@ -104,6 +119,7 @@ impl Hub {
                 max_tabs_per_user: AtomicUsize::new(settings.max_tabs_per_user),
                 max_total_tabs: AtomicUsize::new(max_total_tabs),
                 signals: Arc::new(Signals::new(&settings)),
+                resume,
                 settings,
                 upstream: Arc::new(upstream),
                 shutdown: CancellationToken::new(),
@@ -173,6 +189,7 @@ impl Hub {
             s.ring_size,
             s.max_lag_frames,
             self.inner.signals.clone(),
+            self.inner.resume.clone(),
         );
         let cancel = self.inner.shutdown.child_token();
         self.inner.upstreams_started.fetch_add(1, Ordering::Relaxed);
@@ -233,6 +250,11 @@ impl Hub {
             }
             _ => close(&self.inner),
         }
+    }
+
+    /// The key positions in ids are sealed with.
+    pub fn resume_key(&self) -> Option<&Arc<ResumeKey>> {
+        self.inner.resume.as_ref()
     }
 
     /// Users with a channel (including channels in grace).

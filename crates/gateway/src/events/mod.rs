@@ -10,6 +10,7 @@ pub mod channel;
 pub mod hub;
 pub mod jwt;
 pub mod limit;
+pub mod resume;
 pub mod tab;
 pub mod tab_conn;
 
@@ -99,6 +100,7 @@ impl Streams {
             key,
             user: user.to_string(),
             path: path.into(),
+            from: None,
         })
     }
 }
@@ -135,7 +137,15 @@ impl Events {
             .await
             .map_err(Box::new)?;
         let params = tab_params(&req)?;
-        let subject = self.streams.subject(&id.user, query)?;
+        let mut subject = self.streams.subject(&id.user, query)?;
+        // A tab coming back to a channel that is gone (or on another
+        // instance) carries where it stood: a new channel resumes there.
+        subject.from = params
+            .last_event_id
+            .as_deref()
+            .and_then(|id| resume::split_id(id.trim()).1)
+            .zip(self.hub.resume_key())
+            .and_then(|(token, key)| key.open(&subject.key, token));
         let subscription = self.subscribe(&subject, &id)?;
         self.stream(subscription, &id, params).await
     }

@@ -23,6 +23,7 @@ use crate::events::auth::{Auth, Recheck};
 use crate::events::hub::Hub;
 use crate::events::jwt::JwtVerifier;
 use crate::events::limit::ConnectLimiter;
+use crate::events::resume::ResumeKey;
 use crate::events::{Events, Streams};
 use crate::metrics::{Metrics, Sample};
 use crate::proxy::Proxy;
@@ -48,6 +49,9 @@ pub enum GatewayError {
     /// The JWT keys could not be loaded.
     #[error(transparent)]
     Jwt(#[from] crate::events::jwt::JwtSetupError),
+    /// The resume key could not be loaded.
+    #[error(transparent)]
+    Resume(#[from] crate::events::resume::ResumeKeyError),
 }
 
 /// What a configuration reload changed.
@@ -148,6 +152,12 @@ impl Gateway {
                 upstream.with_recheck(Arc::new(Recheck(auth.clone())), cfg.auth.recheck_interval)
             };
         let rules = upstream.rules_handle();
+        // Shared by a deployment's instances when configured, so a tab
+        // resumes on any of them; this process's own otherwise.
+        let resume = Arc::new(match &cfg.hub.resume_key_file {
+            Some(path) => ResumeKey::from_file(path)?,
+            None => ResumeKey::random()?,
+        });
         let streams = Streams {
             key: cfg.key.clone(),
             template: cfg.upstream.events_path.clone(),
@@ -163,7 +173,7 @@ impl Gateway {
         let events = Events {
             hub_cfg: cfg.hub.clone(),
             auth: auth.clone(),
-            hub: Hub::new(cfg.hub.clone(), upstream),
+            hub: Hub::with_resume(cfg.hub.clone(), upstream, Some(resume)),
             connects: ConnectLimiter::new(cfg.server.events_connects_per_second),
             watermarks: watermarks.clone(),
             metrics: metrics.clone(),

@@ -27,6 +27,7 @@ use self::translate::{Rules, Translation};
 use crate::config::UpstreamConfig;
 use crate::credential::{Credential, Presentation};
 use crate::events::channel::{Channel, MAX_BATCH};
+use crate::events::resume::Position;
 use crate::metrics::{Metrics, ResyncCause, UpstreamFailure};
 use crate::trigger::{self, Trigger};
 use crate::watermark::Watermarks;
@@ -35,6 +36,8 @@ use crate::watermark::Watermarks;
 #[derive(Default)]
 struct Batch {
     triggers: Vec<Trigger>,
+    // Where in the upstream each trigger came from (same length).
+    positions: Vec<Option<Position>>,
     // When each event in the batch arrived (for the fan-out histogram).
     started: Vec<Instant>,
 }
@@ -47,6 +50,18 @@ struct Kept {
     retry_hint: Option<Duration>,
     /// When the channel's credentials are next asked about again.
     next_recheck: Option<Instant>,
+    /// Triggers of the first event replayed that the resuming tab already
+    /// had: `(its id, how many)`.
+    skip: Option<(Arc<str>, usize)>,
+}
+
+/// Where an upstream event stands in the stream, for its triggers'
+/// positions.
+struct EventAt {
+    id: Arc<str>,
+    prev: Option<Arc<str>>,
+    /// Its first triggers a resuming tab already had.
+    skip: usize,
 }
 
 /// How an upstream task ended.
@@ -161,8 +176,11 @@ impl Upstream {
     pub async fn run(&self, channel: Arc<Channel>, cancel: CancellationToken) -> End {
         let s = &self.settings;
         let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
+        // A channel created by a tab coming back resumes where it stood.
+        let resume = channel.resume_point();
         let mut at = Kept {
-            last_id: None,
+            last_id: resume.as_ref().map(|r| r.last_event_id.to_string()),
+            skip: resume.and_then(|r| r.skip),
             retry_hint: None,
             next_recheck: self
                 .recheck
@@ -297,13 +315,25 @@ impl Upstream {
             while let Some(item) = parser.next_item() {
                 match item {
                     Ok(Item::Event(ev)) => {
-                        if !ev.last_event_id.is_empty() {
+                        let prev = at.last_id.take();
+                        let from = if !ev.last_event_id.is_empty() {
                             at.last_id = Some(ev.last_event_id.clone());
-                        } else if ev.has_id {
-                            // An explicit empty id resets resumption.
-                            at.last_id = None;
-                        }
-                        self.deliver(channel, cred, &ev.event, &ev.data, &mut batch)
+                            Some(EventAt {
+                                id: ev.last_event_id.as_str().into(),
+                                prev: prev.as_deref().map(Arc::from),
+                                skip: match at.skip.take() {
+                                    Some((id, n)) if *id == *ev.last_event_id => n,
+                                    _ => 0,
+                                },
+                            })
+                        } else {
+                            // No id: nothing to resume from (an explicit
+                            // empty one resets resumption too).
+                            at.skip = None;
+                            at.last_id = if ev.has_id { None } else { prev };
+                            None
+                        };
+                        self.deliver(channel, cred, &ev.event, &ev.data, from, &mut batch)
                             .await;
                     }
                     Ok(Item::Retry(ms)) => at.retry_hint = Some(Duration::from_millis(ms)),
@@ -355,8 +385,9 @@ impl Upstream {
         // Taken, not cleared: an idle stream keeps no batch capacity. Events
         // that translated to no trigger count too (their fan-out is done).
         let triggers = std::mem::take(&mut batch.triggers);
+        let positions = std::mem::take(&mut batch.positions);
         if !triggers.is_empty() {
-            channel.publish(&triggers);
+            channel.publish_from(&triggers, &positions);
         }
         for started in std::mem::take(&mut batch.started) {
             self.metrics.fanout(started.elapsed());
@@ -368,6 +399,7 @@ impl Upstream {
         self.metrics.resync(ResyncCause::Upstream);
         self.metrics.trigger_emitted(trigger::RESYNC);
         batch.triggers.push(Trigger::resync());
+        batch.positions.push(None);
     }
 
     /// Publish a `resync` the upstream side decided on.
@@ -384,6 +416,7 @@ impl Upstream {
         cred: &Credential,
         event: &str,
         data: &str,
+        from: Option<EventAt>,
         batch: &mut Batch,
     ) {
         self.metrics.upstream_event(event);
@@ -396,7 +429,27 @@ impl Upstream {
             Translation::Unmatched => {
                 tracing::debug!(user = %channel.user(), event, "upstream event without rule dropped");
             }
-            Translation::Triggers(triggers) => {
+            Translation::Triggers(mut triggers) => {
+                let total = u16::try_from(triggers.len()).unwrap_or(u16::MAX);
+                let mut positions: Vec<Option<Position>> = (0..triggers.len())
+                    .map(|i| {
+                        from.as_ref().map(|f| {
+                            let index = u16::try_from(i).unwrap_or(u16::MAX);
+                            Position {
+                                id: f.id.clone(),
+                                // Only a tab cut inside the event needs the
+                                // one before (ids stay shorter without it).
+                                prev: (index + 1 < total).then(|| f.prev.clone()).flatten(),
+                                index,
+                                total,
+                            }
+                        })
+                    })
+                    .collect();
+                // The tab that resumed the channel had these already.
+                let skip = from.as_ref().map_or(0, |f| f.skip).min(triggers.len());
+                triggers.drain(..skip);
+                positions.drain(..skip);
                 let due = self
                     .watermarks
                     .as_ref()
@@ -418,6 +471,7 @@ impl Upstream {
                     self.metrics.trigger_emitted(&t.name);
                 }
                 batch.triggers.extend(triggers);
+                batch.positions.extend(positions);
                 batch.started.push(started);
                 if batch.triggers.len() >= MAX_BATCH {
                     // A long burst (a replay after reconnect) goes out in

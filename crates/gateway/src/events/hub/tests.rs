@@ -871,3 +871,140 @@ async fn the_resync_event_is_configurable() {
     let stale = tab.channel().attach(Some("x-1")).resync.expect("resync");
     assert!(String::from_utf8_lossy(&stale.0).contains("event: changed\n"));
 }
+
+/// The ids of `rx`'s frames, in order.
+fn frame_ids(rx: &mut crate::events::channel::Follower) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        let text = String::from_utf8_lossy(&f.bytes).to_string();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .unwrap_or_default()
+            .to_string();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .unwrap_or_default()
+            .to_string();
+        out.push((name, id));
+    }
+    out
+}
+
+/// The subject a tab coming back with `last_id` asks for (as the events
+/// handler builds it).
+fn returning(hub: &Hub, user: &str, last_id: &str) -> Subject {
+    let mut s = Subject::from(user);
+    s.from = crate::events::resume::split_id(last_id)
+        .1
+        .and_then(|t| hub.resume_key()?.open(&s.key, t));
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tab_back_after_its_channel_is_gone_resumes_from_the_upstream() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    send(
+        &script.stream(0),
+        "id: u1\nevent: inbound\ndata: {\"peer\":\"bob\"}\n\nid: u2\nevent: inbound\ndata: {\"peer\":\"carol\"}\n\n",
+    );
+    settle().await;
+    let seen = frame_ids(&mut rx);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let (_, last) = seen.last().expect("a frame").clone();
+    assert!(
+        last.contains('.'),
+        "the id carries a sealed position: {last}"
+    );
+    // The tab goes (hidden); the channel outlives it by the grace only.
+    drop(rx);
+    drop(tab);
+    settle().await;
+    tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(hub.channels(), 0);
+
+    // It comes back: a new channel, whose upstream resumes after u2.
+    let back = hub
+        .subscribe(returning(&hub, "alice", &last), "session=a")
+        .expect("sub");
+    let mut a = back.channel().attach(Some(&last));
+    assert!(a.resync.is_none(), "no resync: the backend has the history");
+    settle().await;
+    let calls = script.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].1.last_event_id.as_deref(), Some("u2"));
+    send(
+        &script.last_stream(),
+        "id: u3\nevent: inbound\ndata: {\"peer\":\"dave\"}\n\n",
+    );
+    settle().await;
+    let names: Vec<String> = frame_ids(&mut a.rx).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        vec!["thread-updated", "contact-changed"],
+        "exactly the missed ones"
+    );
+
+    // A second tab of the same moment, arriving now, is served from the ring.
+    let mut b = back.channel().attach(Some(&last));
+    assert!(b.resync.is_none() && b.replay.len() == 2, "{:?}", b.replay);
+    assert!(frame_ids(&mut b.rx).is_empty());
+    // A forged or foreign token is garbage: resync, as before.
+    let forged = format!(
+        "{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        last.split('.').next().unwrap_or("")
+    );
+    assert!(back.channel().attach(Some(&forged)).resync.is_some());
+    assert!(
+        returning(&hub, "bob", &last).from.is_none(),
+        "alice's id is nothing to bob"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tab_cut_inside_an_event_gets_the_rest_of_it() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    send(
+        &script.stream(0),
+        "id: u1\nevent: inbound\ndata: {\"peer\":\"bob\"}\n\nid: u2\nevent: inbound\ndata: {\"peer\":\"carol\"}\n\n",
+    );
+    settle().await;
+    let seen = frame_ids(&mut rx);
+    // The tab got u2's first trigger (thread-updated) but not its second.
+    let (name, cut) = seen[2].clone();
+    assert_eq!(name, "thread-updated");
+    drop(rx);
+    drop(tab);
+    settle().await;
+    tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+    settle().await;
+    let back = hub
+        .subscribe(returning(&hub, "alice", &cut), "session=a")
+        .expect("sub");
+    let mut a = back.channel().attach(Some(&cut));
+    assert!(a.resync.is_none());
+    settle().await;
+    // Resumed after u1, so u2 comes again: its first trigger is dropped.
+    assert_eq!(script.calls()[1].1.last_event_id.as_deref(), Some("u1"));
+    send(
+        &script.last_stream(),
+        "id: u2\nevent: inbound\ndata: {\"peer\":\"carol\"}\n\nid: u3\nevent: inbound\ndata: {\"peer\":\"dave\"}\n\n",
+    );
+    settle().await;
+    let names: Vec<String> = frame_ids(&mut a.rx).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        vec!["contact-changed", "thread-updated", "contact-changed"],
+        "the rest of u2, then u3"
+    );
+}
