@@ -47,8 +47,10 @@ deps-browser: web
 screenshot: deps-browser
 	SSEMUX_UPDATE_SCREENSHOT=1 $(CARGO) test -p ssemux-tests --test browser readme_screenshot
 
-## What integration tests need besides cargo: nginx (scale-out test).
-## Idempotent: skips when already installed; uses sudo only if not root.
+## What integration tests need besides cargo: nginx (scale-out test) and
+## prometheus with promtool (tests/tests/prometheus.rs scrapes a gateway and
+## checks deploy/grafana and deploy/prometheus against it). Idempotent: skips
+## what is already installed; uses sudo only if not root.
 test-deps:
 	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { \
 	  echo "installing nginx for tests/tests/scaleout.rs"; \
@@ -56,6 +58,11 @@ test-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx-light || \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx; }
+	@{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || { \
+	  echo "installing prometheus and promtool for tests/tests/prometheus.rs"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 ## `--features ssemux/demo`: the binary tests drive `ssemux demo` too.
 test-rust:

@@ -230,113 +230,113 @@ impl Metrics {
         let mut r = Registry::default();
         let r = &mut r;
         let inner = Inner {
-            tabs_open: reg(r, "ssemux_tabs_open", "Tab streams open.", Gauge::default()),
+            tabs_open: reg(r, "ssemux_tabs_open", "Tab streams open", Gauge::default()),
             channels_open: reg(
                 r,
                 "ssemux_channels_open",
-                "User channels (one per user with a tab or in grace).",
+                "User channels (one per user with a tab or in grace)",
                 Gauge::default(),
             ),
             channels_in_grace: reg(
                 r,
                 "ssemux_channels_in_grace",
-                "User channels with no tab, waiting out the grace period.",
+                "User channels with no tab, waiting out the grace period",
                 Gauge::default(),
             ),
             upstream_open: reg(
                 r,
                 "ssemux_upstream_connections_open",
-                "Upstream SSE connections to the backend currently open.",
+                "Upstream SSE connections to the backend currently open",
                 Gauge::default(),
             ),
             upstream_connects: reg(
                 r,
                 "ssemux_upstream_connects",
-                "Upstream SSE connections opened (first connect of a channel).",
+                "Upstream SSE connections opened (first connect of a channel)",
                 Counter::default(),
             ),
             upstream_reconnects: reg(
                 r,
                 "ssemux_upstream_reconnects",
-                "Upstream SSE connections reopened after a drop.",
+                "Upstream SSE connections reopened after a drop",
                 Counter::default(),
             ),
             upstream_failures: reg(
                 r,
                 "ssemux_upstream_failures",
-                "Upstream connect failures and connection ends, by reason.",
+                "Upstream connect failures and connection ends, by reason",
                 Family::default(),
             ),
             upstream_events: reg(
                 r,
                 "ssemux_upstream_events",
-                "Upstream events received, by event name (rare names folded into `other`).",
+                "Upstream events received, by event name (rare names folded into `other`)",
                 Family::default(),
             ),
             triggers_emitted: reg(
                 r,
                 "ssemux_triggers_emitted",
-                "Triggers published to user channels, by trigger name.",
+                "Triggers published to user channels, by trigger name",
                 Family::default(),
             ),
             triggers_delivered: reg(
                 r,
                 "ssemux_triggers_delivered",
-                "Trigger frames written to tab streams (replay and live).",
+                "Trigger frames written to tab streams (replay and live)",
                 Counter::default(),
             ),
             resyncs: reg(
                 r,
                 "ssemux_resyncs",
-                "Resyncs sent, by cause (upstream: per channel; others: per tab).",
+                "Resyncs sent, by cause (upstream: per channel; others: per tab)",
                 Family::default(),
             ),
             slow_tab_cuts: reg(
                 r,
                 "ssemux_slow_tab_cuts",
-                "Client connections cut because the socket accepted no bytes for the write timeout.",
+                "Client connections cut because the socket accepted no bytes for the write timeout",
                 Counter::default(),
             ),
             auth_results: reg(
                 r,
                 "ssemux_auth_results",
-                "Identity lookups, by result.",
+                "Identity lookups, by result",
                 Family::default(),
             ),
             auth_cache_hits: reg(
                 r,
                 "ssemux_auth_cache_hits",
-                "Identity lookups answered from the cache.",
+                "Identity lookups answered from the cache",
                 Counter::default(),
             ),
             proxy_requests: reg(
                 r,
                 "ssemux_proxy_requests",
-                "Requests proxied to the backend, by response status class.",
+                "Requests proxied to the backend, by response status class",
                 Family::default(),
             ),
             proxy_latency: reg(
                 r,
                 "ssemux_proxy_latency_seconds",
-                "Time from request to response head for proxied requests.",
+                "Time from request to response head for proxied requests",
                 Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             ),
             fanout_latency: reg(
                 r,
                 "ssemux_fanout_latency_seconds",
-                "Time from an upstream event parsed to its triggers broadcast to the tabs (includes the watermark advance).",
+                "Time from an upstream event parsed to its triggers broadcast to the tabs (includes the watermark advance)",
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             ),
             watermark_advances: reg(
                 r,
                 "ssemux_watermark_advances",
-                "Read watermarks advanced by ssemux before fan-out.",
+                "Read watermarks advanced by ssemux before fan-out",
                 Counter::default(),
             ),
             watermark_failures: reg(
                 r,
                 "ssemux_watermark_failures",
-                "Automatic read-watermark advances that failed.",
+                "Automatic read-watermark advances that failed",
                 Counter::default(),
             ),
             events_seen: RwLock::default(),
@@ -566,6 +566,41 @@ mod tests {
             Some("ssemux_auth_cache_hits_total 1")
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// prometheus-client appends a period to every help text it is given,
+    /// so the texts above are written without one: each `# HELP` line must
+    /// end in exactly one.
+    #[test]
+    fn help_texts_end_in_one_period() {
+        let m = Metrics::new();
+        // A labelled family renders nothing, not even its HELP line, before
+        // its first series: record into each so that every line is there.
+        m.upstream_failed(UpstreamFailure::Eof);
+        m.upstream_event("message");
+        m.trigger_emitted("t");
+        m.resync(ResyncCause::Lag);
+        m.auth(AuthResult::Ok, false);
+        m.proxied(http::StatusCode::OK, Duration::from_millis(1));
+        m.fanout(Duration::from_micros(80));
+        let text = m.render(Sample::default());
+        let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(helps.len(), types, "a metric without HELP in\n{text}");
+        // Every metric `new` registers; a new family needs a record above.
+        assert_eq!(types, 19, "metrics rendered:\n{text}");
+        for line in helps {
+            let mut words = line.splitn(4, ' ');
+            let help = words.nth(3).unwrap_or("");
+            assert!(
+                help.starts_with(|c: char| c.is_ascii_uppercase()),
+                "help not a sentence: {line}"
+            );
+            assert!(
+                help.ends_with('.') && !help.ends_with(".."),
+                "help must end in exactly one period: {line}"
+            );
+        }
     }
 
     #[test]
