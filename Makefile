@@ -18,13 +18,25 @@ build-demo: web
 
 ## Browser assets of the demo chat page (htmx 2, htmx-ext-sse, htmx 4) from
 ## the committed lockfile; the mock backend serves them from disk at runtime,
-## so cargo never needs npm. Re-runs only when the lockfile changes.
+## so cargo never needs npm. Re-runs only when package.json or the lockfile
+## changes in content. The stamp is make's own copy of the two, not npm's
+## node_modules/.package-lock.json (npm rewrites that one itself, `npm
+## install` leaves it exactly as old as package-lock.json): a lockfile with a
+## new time but the same bytes (a checkout, a rebase, `npm install`) only
+## refreshes the stamp.
 WEB_DIR := crates/mock-upstream/web
-web: $(WEB_DIR)/node_modules/.package-lock.json
+WEB_INPUTS := $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+WEB_STAMP := $(WEB_DIR)/node_modules/.ssemux-installed
+web: $(WEB_STAMP)
 
-$(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
-	cd $(WEB_DIR) && npm ci --no-audit --no-fund
-	@touch $@
+$(WEB_STAMP): $(WEB_INPUTS)
+	@if cat $(WEB_INPUTS) | cmp -s - $@; then \
+	  touch $@; \
+	else \
+	  echo "cd $(WEB_DIR) && npm ci --no-audit --no-fund"; \
+	  (cd $(WEB_DIR) && npm ci --no-audit --no-fund) && \
+	  cat $(WEB_INPUTS) > $@.tmp && mv $@.tmp $@; \
+	fi
 
 ## The demo: mock chat backend + gateway on loopback; prints the URL.
 run: build-demo

@@ -85,6 +85,12 @@ impl MockBackend {
         self.state.revoke_session(token);
     }
 
+    /// Forgets every session (as a restarted process would): requests with
+    /// an old cookie get 401; open streams are not ended.
+    pub fn forget_sessions(&self) {
+        self.state.forget_sessions();
+    }
+
     /// Currently open `/api/v1/events` streams of `user`.
     pub fn open_streams(&self, user: &str) -> usize {
         self.state.open_streams(user)

@@ -83,6 +83,19 @@ impl Chat {
         (row_id, true)
     }
 
+    /// The newest message `from` sent to `to` with a row id in
+    /// `(after, upto]`: what a watermark moving from `after` to `upto` newly
+    /// marked read for its sender. `None` if it covered none of theirs.
+    pub fn newest_from(&self, from: &str, to: &str, after: u64, upto: u64) -> Option<u64> {
+        self.thread(from, to)
+            .iter()
+            .rev()
+            .skip_while(|m| m.row_id > upto)
+            .take_while(|m| m.row_id > after)
+            .find(|m| m.from == from)
+            .map(|m| m.row_id)
+    }
+
     /// Messages from `peer` to `me` above `me`'s watermark for `peer`.
     pub fn unread(&self, me: &str, peer: &str) -> usize {
         let wm = self.watermark(me, peer);
@@ -129,5 +142,20 @@ mod tests {
         assert_eq!(c.unread("bob", "alice"), 1);
         c.mark_read("alice", "bob", r1);
         assert_eq!(c.unread("alice", "bob"), 1);
+    }
+
+    #[test]
+    fn newest_from_finds_what_a_watermark_move_covered() {
+        let mut c = Chat::default();
+        let b1 = c.send("bob", "alice", "a");
+        let a2 = c.send("alice", "bob", "b");
+        let b3 = c.send("bob", "alice", "c");
+        c.send("carol", "alice", "d");
+        assert_eq!(c.newest_from("bob", "alice", 0, b3), Some(b3));
+        assert_eq!(c.newest_from("bob", "alice", 0, a2), Some(b1));
+        // Only alice's own message in the range: nothing of bob's was read.
+        assert_eq!(c.newest_from("bob", "alice", b1, a2), None);
+        assert_eq!(c.newest_from("bob", "alice", b3, 99), None);
+        assert_eq!(c.newest_from("alice", "bob", 0, 99), Some(a2));
     }
 }

@@ -8,6 +8,9 @@
 //! - `outbound-state` to the sender: `{"peer":<recipient>,"rowId":N,"state":"sent"}`
 //! - `inbound` to the recipient: `{"peer":<sender>,"rowId":N}`
 //! - `read-watermark-changed` to the reader: `{"peer":<peer>,"rowId":N}`
+//! - `outbound-state` to the sender when the recipient's watermark covers
+//!   their messages: `{"peer":<reader>,"rowId":N,"state":"read"}`, N the
+//!   newest of the sender's messages now read (all up to it are)
 //! - `resync` (stream-local, when `Last-Event-ID` cannot be served): `{}`
 
 mod assets;

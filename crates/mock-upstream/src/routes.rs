@@ -341,6 +341,10 @@ where
     let Some(text_) = input.str("text") else {
         return bad_request("missing text");
     };
+    // Nothing to show but an empty bubble.
+    if text_.trim().is_empty() {
+        return bad_request("empty message");
+    }
     let row_id = state.send_message(&me, to, text_);
     json_res(StatusCode::OK, &json!({ "rowId": row_id }))
 }

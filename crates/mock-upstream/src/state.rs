@@ -105,6 +105,12 @@ impl State {
         lock(&self.sessions).get(token).cloned()
     }
 
+    /// Forgets every session, as a restarted process would.
+    pub fn forget_sessions(&self) {
+        lock(&self.sessions).clear();
+        self.pulse();
+    }
+
     /// Forgets a session; unknown tokens are ignored.
     pub fn revoke_session(&self, token: &str) {
         lock(&self.sessions).remove(token);
@@ -136,18 +142,29 @@ impl State {
         row_id
     }
 
-    /// Raises `user`'s watermark for `peer`; emits `read-watermark-changed`
-    /// to `user` if it moved. Returns the stored value.
+    /// Raises `user`'s watermark for `peer`. If it moved, emits
+    /// `read-watermark-changed` to `user`, and, when it covered messages
+    /// `peer` sent, `outbound-state` with state `read` to `peer` (their
+    /// messages up to that row id have been seen). Returns the stored value.
     pub fn mark_read(&self, user: &str, peer: &str, row_id: u64) -> u64 {
         let stored = {
             let mut chat = lock(&self.chat);
+            let old = chat.watermark(user, peer);
             let (stored, changed) = chat.mark_read(user, peer, row_id);
             if changed {
-                self.feed().publish(
+                let feed = self.feed();
+                feed.publish(
                     user,
                     "read-watermark-changed",
                     &json!({"peer": peer, "rowId": stored}).to_string(),
                 );
+                if let Some(seen) = chat.newest_from(peer, user, old, stored) {
+                    feed.publish(
+                        peer,
+                        "outbound-state",
+                        &json!({"peer": user, "rowId": seen, "state": "read"}).to_string(),
+                    );
+                }
             }
             stored
         };

@@ -58,28 +58,36 @@ impl Flavor {
     }
 
     /// Attributes of `<body>`: the tab id header on every htmx request
-    /// (htmx 4 inherits only what is marked `:inherited`).
+    /// (htmx 4 inherits only what is marked `:inherited`), and the sign-in
+    /// page the script goes to when the session is gone (`data-login`).
     fn body_attrs(self, tab: &str) -> String {
         let headers = escape(&format!("{{\"X-Tab-Id\":\"{tab}\"}}"));
         let tab = escape(tab);
+        let login = format!("/{}", self.query());
         match self {
             Flavor::Htmx2 => format!(
-                "hx-ext=\"sse\" hx-headers=\"{headers}\" data-tab=\"{tab}\" data-htmx=\"2\""
+                "hx-ext=\"sse\" hx-headers=\"{headers}\" data-tab=\"{tab}\" data-htmx=\"2\" \
+                 data-login=\"{login}\""
             ),
-            Flavor::Htmx4 => {
-                format!("hx-headers:inherited=\"{headers}\" data-tab=\"{tab}\" data-htmx=\"4\"")
-            }
+            Flavor::Htmx4 => format!(
+                "hx-headers:inherited=\"{headers}\" data-tab=\"{tab}\" data-htmx=\"4\" \
+                 data-login=\"{login}\""
+            ),
         }
     }
 
     /// Attributes of the element that holds the tab's `/events` stream.
+    /// On `logout` the extension closes the stream instead of reconnecting
+    /// (the page script then goes to the sign-in page).
     fn live_attrs(self, tab: &str) -> String {
         let url = escape(&format!("/events?tab={tab}"));
         match self {
-            Flavor::Htmx2 => format!("sse-connect=\"{url}\""),
+            Flavor::Htmx2 => format!("sse-connect=\"{url}\" sse-close=\"logout\""),
             // `hx-swap="none"`: an error answer (401, 503) must never be
             // swapped over the page.
-            Flavor::Htmx4 => format!("hx-sse:connect=\"{url}\" hx-swap=\"none\""),
+            Flavor::Htmx4 => {
+                format!("hx-sse:connect=\"{url}\" hx-sse:close=\"logout\" hx-swap=\"none\"")
+            }
         }
     }
 
@@ -244,7 +252,7 @@ pub fn app_page(flavor: Flavor, me: &str, tab: &str, contacts: &[Contact<'_>]) -
         // htmx 2's extension only listens for names some element asks for;
         // htmx 4 dispatches every event on #live.
         outage = match flavor {
-            Flavor::Htmx2 => " hx-trigger=\"sse:upstream-down, sse:upstream-up\"",
+            Flavor::Htmx2 => " hx-trigger=\"sse:upstream-down, sse:upstream-up, sse:logout\"",
             Flavor::Htmx4 => "",
         },
         me = escape(me),
@@ -330,11 +338,15 @@ pub fn thread(flavor: Flavor, t: &ThreadView<'_>) -> String {
         };
         out.push_str(&message_item(t.me, m, read));
     }
+    // `#send-error` is where the page script says why a message was not
+    // sent (blank, refused, network); outside `#messages`, so an update
+    // does not clear it.
     out.push_str(&format!(
         "</ol>\n</div>\n<form id=\"send\" class=\"send\" hx-post=\"/api/v1/messages\" hx-swap=\"none\">\
          <input type=\"hidden\" name=\"to\" value=\"{peer}\">\
          <input name=\"text\" placeholder=\"Message {peer}\" autocomplete=\"off\" required>\
-         <button type=\"submit\">Send</button></form>\n</section>\n"
+         <button type=\"submit\">Send</button></form>\n\
+         <p id=\"send-error\" class=\"send-error\" role=\"alert\" hidden></p>\n</section>\n"
     ));
     out
 }
@@ -434,12 +446,15 @@ mod tests {
             unread: 0,
         }];
         let two = app_page(Flavor::Htmx2, "alice", "t1", &c);
-        assert!(two.contains("sse-connect=\"/events?tab=t1\""));
+        assert!(two.contains("sse-connect=\"/events?tab=t1\" sse-close=\"logout\""));
+        assert!(two.contains("sse:upstream-down, sse:upstream-up, sse:logout"));
+        assert!(two.contains("data-login=\"/\""));
         assert!(two.contains("hx-trigger=\"sse:contact-changed, sse:resync, reload\""));
         assert!(two.contains("hx-headers=\"{&quot;X-Tab-Id&quot;:&quot;t1&quot;}\""));
         assert!(two.contains("/static/htmx2.js"));
         let four = app_page(Flavor::Htmx4, "alice", "t1", &c);
-        assert!(four.contains("hx-sse:connect=\"/events?tab=t1\""));
+        assert!(four.contains("hx-sse:connect=\"/events?tab=t1\" hx-sse:close=\"logout\""));
+        assert!(four.contains("data-login=\"/?htmx=4\""));
         assert!(four.contains("contact-changed from:#live, resync from:#live, reload"));
         assert!(four.contains("hx-headers:inherited="));
         assert!(four.contains("/fragments/thread/bob?htmx=4"));

@@ -138,6 +138,37 @@ async fn library_sessions_match_http_ones() {
 }
 
 #[tokio::test]
+async fn forgetting_sessions_signs_everyone_out_like_a_restart() {
+    let mock = start().await;
+    let c = client();
+    let (alice, bob) = (mock.create_session("alice"), mock.create_session("bob"));
+    let mut s = open_events(&c, &mock.url(), &alice, None).await;
+    assert!(
+        mock.wait_until(SOON, |m| m.open_streams("alice") == 1)
+            .await
+    );
+    mock.forget_sessions();
+    for token in [&alice, &bob] {
+        let me = get(&c, &format!("{}/api/v1/me", mock.url()), Some(token)).await;
+        assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = post_json(
+        &c,
+        &format!("{}/api/v1/messages", mock.url()),
+        Some(&alice),
+        r#"{"to":"bob","text":"after the restart"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // An open stream is not ended: only new requests are refused.
+    mock.emit("alice", "marker", "m");
+    assert_eq!(s.next().await.event, "marker");
+    let fresh = mock.create_session("alice");
+    let me = get(&c, &format!("{}/api/v1/me", mock.url()), Some(&fresh)).await;
+    assert_eq!(me.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods() {
     let mock = start().await;
     let c = client();

@@ -59,6 +59,89 @@ async fn watermark_only_moves_forward_and_emits_on_change() {
 }
 
 #[tokio::test]
+async fn reading_tells_the_sender_which_messages_were_seen() {
+    let mock = start().await;
+    let c = client();
+    let (alice, bob) = (mock.create_session("alice"), mock.create_session("bob"));
+    let url = format!("{}/api/v1/contacts/read", mock.url());
+    let b1 = mock.send_message("bob", "alice", "one");
+    let b2 = mock.send_message("bob", "alice", "two");
+    let a3 = mock.send_message("alice", "bob", "three");
+    let mut a = open_events(&c, &mock.url(), &alice, None).await;
+    let mut b = open_events(&c, &mock.url(), &bob, None).await;
+    assert!(mock.wait_until(SOON, |m| m.open_streams_total() == 2).await);
+
+    // Alice reads bob's first message: bob hears it was seen, with alice as
+    // the peer (the same shape as his `sent`), so his view of the thread
+    // with alice can re-render.
+    post_json(
+        &c,
+        &url,
+        Some(&alice),
+        &format!(r#"{{"peer":"bob","rowId":{b1}}}"#),
+    )
+    .await;
+    assert_eq!(a.next().await.event, "read-watermark-changed");
+    let ev = b.next().await;
+    assert_eq!(ev.event, "outbound-state");
+    assert_eq!(
+        ev.json(),
+        json!({"peer": "alice", "rowId": b1, "state": "read"})
+    );
+
+    // Up to her own later message: bob's b2 is the newest of his now read.
+    post_json(
+        &c,
+        &url,
+        Some(&alice),
+        &format!(r#"{{"peer":"bob","rowId":{a3}}}"#),
+    )
+    .await;
+    assert_eq!(
+        b.next().await.json(),
+        json!({"peer": "alice", "rowId": b2, "state": "read"})
+    );
+    assert_eq!(a.next().await.json(), json!({"peer": "bob", "rowId": a3}));
+
+    // A move that covers none of bob's messages (only alice's own, or none
+    // at all) and a non-move tell bob nothing.
+    let a4 = mock.send_message("alice", "bob", "four");
+    assert_eq!(b.next().await.event, "inbound");
+    for row in [a4, a4, a4 + 5] {
+        post_json(
+            &c,
+            &url,
+            Some(&alice),
+            &format!(r#"{{"peer":"bob","rowId":{row}}}"#),
+        )
+        .await;
+    }
+    mock.emit("bob", "marker", "m");
+    assert_eq!(b.next().await.event, "marker");
+    // Bob reading alice's messages tells alice, not bob.
+    post_json(
+        &c,
+        &url,
+        Some(&bob),
+        &format!(r#"{{"peer":"alice","rowId":{a4}}}"#),
+    )
+    .await;
+    mock.emit("bob", "marker", "m2");
+    assert_eq!(b.next().await.event, "read-watermark-changed");
+    assert_eq!(b.next().await.data, "m2");
+    loop {
+        let ev = a.next().await;
+        if ev.event == "outbound-state" && ev.json()["state"] == "read" {
+            assert_eq!(
+                ev.json(),
+                json!({"peer": "bob", "rowId": a4, "state": "read"})
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn fragments_render_unread_counts_and_threads() {
     let mock = start().await;
     let c = client();

@@ -54,6 +54,9 @@ async fn message_emits_outbound_state_and_inbound() {
         r#"{"to":"zed","text":"x"}"#,
         r#"{"to":"bob"}"#,
         r#"{"text":"x"}"#,
+        r#"{"to":"bob","text":""}"#,
+        r#"{"to":"bob","text":"   "}"#,
+        r#"{"to":"bob","text":" \t\n\u00a0"}"#,
         "{",
     ] {
         assert_eq!(
@@ -62,6 +65,26 @@ async fn message_emits_outbound_state_and_inbound() {
             "{bad}"
         );
     }
+    // The send box posts a form; spaces arrive as `+` or `%20`.
+    for body in ["to=bob&text=+++", "to=bob&text=%20%09", "to=bob&text="] {
+        let r = send(
+            &c,
+            request(
+                http::Method::POST,
+                &url,
+                Some(&alice),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                body,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.body, "empty message\n", "{body}");
+    }
+    // Blank messages were refused without a trace: the next event is the
+    // marker, not an empty bubble.
+    mock.emit("alice", "marker", "m");
+    assert_eq!(a.next().await.event, "marker");
     assert_eq!(
         post_json(&c, &url, None, r#"{"to":"bob","text":"x"}"#)
             .await

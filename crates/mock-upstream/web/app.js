@@ -1,9 +1,11 @@
 // posta demo page glue, shared by the htmx 2 and htmx 4 pages.
 //
-// Owns what htmx attributes cannot express: the connection badge, posting
-// the read watermark when a thread is shown, and clearing the send box. It
-// never renders chat data (the server's fragments do) and never opens its
-// own stream (the htmx SSE extension does).
+// Owns what htmx attributes cannot express: the connection badge, leaving
+// for the sign-in page when the session is gone, posting the read watermark
+// when a thread is shown, and the send box (cleared once sent, an error
+// shown when not). It never renders chat data (the server's fragments do)
+// and never keeps a stream of its own (the htmx SSE extension does; a
+// failed stream is probed once to tell "signed out" from "down").
 (function () {
   "use strict";
 
@@ -38,6 +40,56 @@
     document.addEventListener(name, fn);
   };
 
+  // ---- signed out -------------------------------------------------------
+  // docs/events.md: on `logout` a page goes to its sign-in page; so does a
+  // stream the gateway refuses with 401 (the session is gone, e.g. after a
+  // demo restart). Everything else (503, unreachable) stays and reconnects.
+  // Why the page left is kept for this window (`logout` or `401`), like the
+  // badge history: for tests and the curious, on the page it went to.
+  var leaving = false;
+  function toSignIn(why, where) {
+    if (leaving) return;
+    leaving = true;
+    setState("disconnected");
+    try {
+      sessionStorage.setItem("ssemuxSignedOut", why);
+    } catch (e) {
+      // Storage may be off; leaving matters, the note does not.
+    }
+    window.location.assign(where || body.dataset.login || "/");
+  }
+  on("sse:logout", function () {
+    toSignIn("logout"); // htmx 2: the badge listens
+  });
+  on("logout", function () {
+    toSignIn("logout"); // htmx 4: dispatched on #live
+  });
+
+  // EventSource and htmx 2 hide the status of a refused stream: ask once,
+  // one question at a time. A 401 may name the backend's login page.
+  var probing = false;
+  function checkSignedIn() {
+    if (probing || leaving) return;
+    probing = true;
+    fetch("/events", {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { Accept: "text/event-stream" },
+    })
+      .then(
+        function (r) {
+          if (r.body) r.body.cancel().catch(function () {});
+          if (r.status === 401) toSignIn("401", r.headers.get("Location"));
+        },
+        function () {
+          // Unreachable: not a sign-out; the stream's own retries go on.
+        }
+      )
+      .then(function () {
+        probing = false;
+      });
+  }
+
   if (htmx4) {
     // A snappy return from the background; errors still back off from here.
     htmx.config.sse = Object.assign({ reconnectDelay: 200 }, htmx.config.sse);
@@ -52,8 +104,19 @@
       var c = e.detail && e.detail.connection;
       if (c && c.attempt > 0) setState("reconnecting");
     });
-    on("htmx:sse:error", function () {
+    on("htmx:sse:error", function (e) {
       setState("reconnecting");
+      // A status: the gateway answered, and not with a stream.
+      if (e.detail && e.detail.status) checkSignedIn();
+    });
+    // The first connect is a plain htmx request: a refusal there never
+    // becomes a stream (and is not retried), so look at its answer.
+    on("htmx:after:request", function (e) {
+      var ctx = e.detail && e.detail.ctx;
+      var elt = ctx && ctx.sourceElement;
+      if (!elt || elt.id !== "live" || !ctx.response || ctx.response.status < 300) return;
+      setState("disconnected");
+      checkSignedIn();
     });
     on("htmx:sse:close", function () {
       setState("disconnected");
@@ -84,7 +147,9 @@
       var src = e.detail && e.detail.source;
       // CONNECTING: the browser retries by itself. CLOSED: it gave up
       // (an error status); the extension retries later with backoff.
-      setState(src && src.readyState === 2 ? "disconnected" : "reconnecting");
+      var closed = src && src.readyState === 2;
+      setState(closed ? "disconnected" : "reconnecting");
+      if (closed) checkSignedIn();
     });
     on("htmx:sseClose", function () {
       setState("disconnected");
@@ -190,18 +255,72 @@
 
   // ---- send box ---------------------------------------------------------
   // The message shows up through the stream like everyone else's; here we
-  // only clear the box once the backend took it.
-  function afterRequest(e) {
-    var d = e.detail || {};
-    var elt = d.elt || (d.ctx && d.ctx.sourceElement);
-    if (!elt || elt.id !== "send") return;
-    var ok = d.ctx ? d.ctx.response && d.ctx.response.status < 400 : d.successful;
-    if (ok) {
-      elt.reset();
-      var input = elt.querySelector("input[name=text]");
+  // clear the box once the backend took it, and otherwise say why not next
+  // to it, leaving the text where it is to try again.
+  function sendError(text, link) {
+    var p = document.getElementById("send-error");
+    if (!p) return;
+    p.textContent = text || "";
+    if (link) {
+      var a = document.createElement("a");
+      a.href = body.dataset.login || "/";
+      a.textContent = link;
+      p.appendChild(document.createTextNode(" "));
+      p.appendChild(a);
+    }
+    p.hidden = !text;
+  }
+
+  // Blank (only spaces): not sent at all. Capturing on the document runs
+  // before htmx's own submit listener on the form, so htmx never sees it.
+  document.addEventListener(
+    "submit",
+    function (e) {
+      var form = e.target;
+      if (!form || form.id !== "send") return;
+      var input = form.querySelector("input[name=text]");
+      if (input && input.value.trim() === "") {
+        e.preventDefault();
+        e.stopImmediatePropagation();
+        sendError("Type a message first: a blank one is not sent.");
+        input.focus();
+      }
+    },
+    true
+  );
+  on("input", function (e) {
+    if (e.target && e.target.closest && e.target.closest("#send")) sendError("");
+  });
+
+  // `status` 0: no answer at all (network error, gateway gone).
+  function sent(form, status, answer) {
+    var input = form.querySelector("input[name=text]");
+    if (status >= 200 && status < 300) {
+      form.reset();
+      sendError("");
       if (input) input.focus();
+      return;
+    }
+    if (status === 0) {
+      sendError("Not sent: the server could not be reached. Try again.");
+    } else if (status === 401 || status === 403) {
+      sendError("Not sent: you are signed out (" + status + ").", "Sign in again");
+    } else {
+      var why = String(answer || "").trim().slice(0, 120);
+      sendError("Not sent (" + status + (why ? ": " + why : "") + ").");
     }
   }
-  on("htmx:afterRequest", afterRequest);
-  on("htmx:after:request", afterRequest);
+  // htmx 2: after every answer and after a network error (status 0).
+  on("htmx:afterRequest", function (e) {
+    var d = e.detail || {};
+    if (!d.elt || d.elt.id !== "send" || !d.xhr) return;
+    sent(d.elt, d.xhr.status, d.xhr.responseText);
+  });
+  // htmx 4: `finally` comes in every case; without a response it failed.
+  on("htmx:finally:request", function (e) {
+    var ctx = e.detail && e.detail.ctx;
+    var elt = ctx && ctx.sourceElement;
+    if (!elt || elt.id !== "send") return;
+    sent(elt, ctx.response ? ctx.response.status : 0, ctx.text);
+  });
 })();

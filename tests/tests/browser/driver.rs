@@ -351,6 +351,16 @@ impl Session {
         self.call("POST", "/window", Some(json!({"handle": w.0})));
     }
 
+    /// Resizes the current window (its outer size; headless, the viewport
+    /// is the same).
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        );
+    }
+
     /// Navigates the current window and waits for the load.
     pub fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({"url": url})));
