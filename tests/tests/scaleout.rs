@@ -1,8 +1,10 @@
 //! Scale-out behind a real nginx: three ssemux instances behind
-//! `hash $cookie_session consistent`, one mock backend. The backend must see
-//! exactly one upstream stream per user fleet-wide; when an instance dies only
-//! its users move, their tabs get `resync`, and the count returns to one per
-//! user. No tab ever sees another user's triggers.
+//! `hash $cookie_session consistent`, one mock backend, one shared
+//! `hub.resume_key_file`. The backend must see exactly one upstream stream
+//! per user fleet-wide; when an instance dies only its users move, their tabs
+//! get exactly the triggers they missed (resumed from the backend's history:
+//! no `resync`, no duplicate), and the count returns to one per user. No tab
+//! ever sees another user's triggers.
 //!
 //! nginx comes from Debian (`make test` installs it). Without an `nginx`
 //! binary on PATH the test fails with a message saying so.
@@ -247,7 +249,13 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
     let backend = MockBackend::start(([127, 0, 0, 1], 0).into())
         .await
         .expect("mock backend");
+    let dir = std::env::temp_dir().join(format!("ssemux-scaleout-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("resume.key");
+    std::fs::write(&key, "scale-out-test-resume-key-0123456789abcdef").expect("key");
+    let shared_key = format!("hub.resume_key_file={}", key.display());
     let overrides = [
+        shared_key.as_str(),
         "hub.grace=1s",
         "hub.retry_hint=100ms",
         // Every connection arrives from nginx's address.
@@ -320,6 +328,9 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
     assert!(!victims.is_empty());
     let opened_before = backend.streams_opened_total();
     envs[0].gateway.shutdown_token().cancel();
+    // Sent while the victims move: each tab must get it exactly once, from
+    // the dying instance or from the backend's history on the new one.
+    emit_round(&backend, &users, "moving");
     wait_for("victims' tabs reconnected elsewhere", || {
         victims
             .iter()
@@ -340,14 +351,28 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
         victims.len() as u64,
         "only the victims' upstreams should have been reopened"
     );
+    wait_for("every tab got the trigger sent while moving", || {
+        every_tab_saw(&logs, "moving")
+    })
+    .await;
     for u in &victims {
         for l in &logs[u] {
             let l = l.lock().expect("log");
-            let after: Vec<&(usize, String, String)> =
-                l.events.iter().filter(|(c, _, _)| *c >= 2).collect();
             assert!(
-                after.first().is_some_and(|(_, name, _)| name == "resync"),
-                "{u}: first event after moving was not resync: {after:?}"
+                !l.events.iter().any(|(_, name, _)| name == "resync"),
+                "{u}: a resync, where the backend had the history: {:?}",
+                l.events
+            );
+            let moving = format!("{u}:moving");
+            let copies = l
+                .events
+                .iter()
+                .filter(|(_, name, data)| name == "thread-updated" && *data == moving)
+                .count();
+            assert_eq!(
+                copies, 1,
+                "{u}: got the trigger {copies} times: {:?}",
+                l.events
             );
         }
     }
@@ -380,8 +405,9 @@ async fn nginx_consistent_hash_keeps_one_upstream_per_user_across_instance_loss(
     assert_eq!(sums["ssemux_channels_open"], USERS as f64);
     assert_eq!(sums["ssemux_upstream_connections_open"], USERS as f64);
     assert_eq!(sums["ssemux_upstream_connects_total"], USERS as f64);
-    assert!(
-        sums["ssemux_resyncs_total{cause=\"epoch\"}"] >= (victims.len() * TABS_PER_USER) as f64
+    assert_eq!(
+        sums["ssemux_resyncs_total{cause=\"epoch\"}"], 0.0,
+        "moved tabs resumed, none resynced"
     );
 
     emit_round(&backend, &users, "second");
