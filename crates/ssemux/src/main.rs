@@ -41,13 +41,16 @@ enum Command {
         /// `SSEMUX_<SECTION>_<KEY>` variable or `--set section.key=value`.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Listen address (same as `--set listen=…`).
+        /// Listen address [default: 127.0.0.1:8080, or `listen` in the file]
+        /// (same as `--set listen=…`).
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Backend base URL (same as `--set backend=…`).
+        /// Backend base URL, e.g. `http://127.0.0.1:8081` [required: here, as
+        /// `backend` in the file, or SSEMUX_BACKEND] (same as `--set backend=…`).
         #[arg(long)]
         backend: Option<String>,
-        /// Override any key: `--set hub.grace=5s` (repeatable).
+        /// Override any key: `--set hub.grace=5s` (repeatable). Every key and
+        /// its default: `ssemux check-config /dev/null --backend URL --print`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
