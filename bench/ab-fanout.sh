@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two ssemux binaries, same bench, same mock: the fan-out step for each,
-# alternating A, B, A, B, … RUNS times, then per-rate medians and B ÷ A.
+# RUNS times each, alternating A B, B A, A B, … (so a drift in the machine's
+# load favours neither), then per-rate medians and B ÷ A.
 #
 #   bench/ab-fanout.sh OLD_SSEMUX NEW_SSEMUX [RUNS]
 #
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-  sed -n '2,12p' "$0"
+  sed -n '2,13p' "$0"
   exit 2
 fi
 A_SSEMUX=$(realpath "$1")
@@ -53,9 +54,10 @@ done
 cat "$OUT/setup.txt"
 
 for i in $(seq 1 "$RUNS"); do
-  for side in a b; do
+  if [ $((i % 2)) = 1 ]; then order="a b"; else order="b a"; fi
+  for side in $order; do
     if [ "$side" = a ]; then sc=$A_SCENARIOS; else sc=$SCENARIOS; fi
-    echo "== run $i, $side ($(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "== run $i, $side (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     "$BENCH_BIN" run --profile "$PROFILE" --systems ssemux --scenarios "$sc" \
       --bin-dir "$OUT/bin-$side" --port-offset "$PORT_OFFSET" \
       --out-dir "$OUT/$side-$i" --markdown "$OUT/$side-$i.md" \

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Medians over repeated ssemux-bench runs, as Markdown.
 
-    ab-summary.py LABEL=GLOB [LABEL=GLOB ...]
+    ab-summary.py LABEL=GLOB[,GLOB...] [LABEL=GLOB[,GLOB...] ...]
 
 Each group is the run JSONs of one binary. Prints, per group, the median
-fan-out p50/p99/delivered at every rate and the ratio of each later group to
-the first; and, where runs have the pass-through fan-out, the medians of its
-ratios to the trigger fan-out of the same run. The headline rate is the
+fan-out p50/p99/delivered and the server's CPU per delivered trigger at
+every rate and the ratio of each later group to the first; and, where runs
+have the pass-through fan-out, the medians of its ratios to the trigger
+fan-out of the same run. The headline rate is the
 highest at which every run of every group kept up (delivered >= 90% of
 offered, loss <= 1%)."""
 import glob
@@ -51,7 +52,8 @@ def main():
     groups = []
     for arg in sys.argv[1:]:
         label, pattern = arg.split("=", 1)
-        runs = [ssemux(p) for p in sorted(glob.glob(pattern))]
+        paths = sorted(p for pat in pattern.split(",") for p in glob.glob(pat))
+        runs = [ssemux(p) for p in paths]
         groups.append((label, runs))
     if not groups or not all(r for _, r in groups):
         print("no runs found", file=sys.stderr)
@@ -80,8 +82,11 @@ def main():
         + ", ".join(f"{label} {n}" for label, n in n_runs.items())
         + f"; headline rate (every run kept up): {fmt(headline)}/user/s\n"
     )
-    print("| rate/user/s | group | runs kept up | p50 ms | p99 ms | delivered/s | offered ÷ nominal |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| rate/user/s | group | runs kept up | p50 ms | p99 ms | delivered/s "
+        "| server CPU µs/trigger | offered ÷ nominal |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     medians = {}
     for r in rates:
         for label, _ in groups:
@@ -92,6 +97,9 @@ def main():
                 k: med([s.get(k) for s in steps])
                 for k in ("p50_ms", "p99_ms", "delivered_per_s")
             }
+            m["cpu_us"] = med(
+                [s["server_cpu_s"] * 1e6 / s["received"] for s in steps if s.get("received")]
+            )
             share = med(
                 [s["offered_per_s"] / s["nominal_per_s"] for s in steps if s.get("nominal_per_s")]
             )
@@ -103,6 +111,7 @@ def main():
                 f"| {fmt(m['p50_ms'])}{' (' + ratio(m['p50_ms'], b.get('p50_ms')) + ')' if rel else ''} "
                 f"| {fmt(m['p99_ms'])}{' (' + ratio(m['p99_ms'], b.get('p99_ms')) + ')' if rel else ''} "
                 f"| {fmt(m['delivered_per_s'])}{' (' + ratio(m['delivered_per_s'], b.get('delivered_per_s')) + ')' if rel else ''} "
+                f"| {fmt(m['cpu_us'])}{' (' + ratio(m['cpu_us'], b.get('cpu_us')) + ')' if rel else ''} "
                 f"| {fmt(share)} |"
             )
     print("\n| group | median max delivered/s | ratio to " + base + " |\n|---|---|---|")
