@@ -1,6 +1,8 @@
 //! Client: the simulated browser tabs. Each tab is one HTTP/1.1 connection
 //! (hyper client) from its own loopback source address, reading an SSE stream
-//! and timing every trigger whose data is an emit timestamp.
+//! and timing every trigger whose data is an emit timestamp — or, in the
+//! pass-through fan-out, every event whose data is its user's payload byte
+//! for byte (anything else of ours is counted as a mismatch).
 //!
 //! Owns tab connections and SSE line splitting. It must never panic on what a
 //! server sends, never loop without a bound, and never hold a lock while
@@ -17,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::pass;
 use crate::stats::{Recorder, now_us};
 
 /// Where and how one tab connects.
@@ -32,6 +35,9 @@ pub struct TabSpec {
     pub source: Ipv4Addr,
     /// Per-user open-tab bookkeeping (churn scenario), if wanted.
     pub user_gauge: Option<Arc<UserGauge>>,
+    /// Pass-through fan-out: the user whose [`pass`] payloads this tab must
+    /// receive byte for byte (`None`: timestamps as trigger data).
+    pub pass_user: Option<usize>,
 }
 
 /// One user's open tabs, as the client sees them.
@@ -142,11 +148,14 @@ async fn one_stream(
     let _guard = OpenGuard(rec, spec.user_gauge.as_deref());
     let mut body = resp.into_body();
     let mut parser = SseReader::default();
+    let mut scratch = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
         };
         let now = now_us();
+        rec.wire_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         parser.feed(&data, |ev| match ev {
             Item::Id(id) => *last_id = Some(id),
             Item::Retry(ms) => *retry_ms = ms,
@@ -157,6 +166,22 @@ async fn one_stream(
                     if mark > *my_mark {
                         *my_mark = mark;
                         rec.resynced_tabs.fetch_add(1, Ordering::SeqCst);
+                    }
+                } else if let Some(user) = spec.pass_user {
+                    if name != pass::EVENT && !pass::looks_like(&data) {
+                        rec.other.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    let exact =
+                        pass::check(&data, user, &mut scratch).filter(|_| name == pass::EVENT);
+                    match exact {
+                        Some(ts) => {
+                            rec.delivered.fetch_add(1, Ordering::Relaxed);
+                            rec.latency.record(now.saturating_sub(ts));
+                        }
+                        None => {
+                            rec.mismatched.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 } else if let Some(ts) = std::str::from_utf8(&data)
                     .ok()

@@ -9,6 +9,7 @@
 
 mod client;
 mod floor;
+mod pass;
 mod procs;
 mod report;
 mod scenarios;
@@ -24,7 +25,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::scenarios::Profile;
-use crate::systems::{Env, Kind, System};
+use crate::systems::{Env, Kind, Payload, System};
 
 /// Load generator and side-by-side benchmark runner for ssemux.
 #[derive(Parser)]
@@ -61,8 +62,11 @@ enum Cmd {
         /// Plot script (python3 + matplotlib).
         #[arg(long, default_value = "bench/plot.py")]
         plot_script: PathBuf,
-        /// Comma-separated scenarios (default: fanout,idle,churn,storm).
-        #[arg(long, default_value = "fanout,idle,churn,storm")]
+        /// Comma-separated scenarios (default:
+        /// fanout,fanout-pass,idle,churn,storm). `fanout-pass` is ssemux
+        /// only: the fan-out with a pass-through rule and 1 KiB events,
+        /// compared with `fanout` of the same run when both are selected.
+        #[arg(long, default_value = "fanout,fanout-pass,idle,churn,storm")]
         scenarios: String,
         /// Added to every loopback port the run uses (18080–18111 by
         /// default), so two runs on one machine do not collide.
@@ -195,7 +199,18 @@ async fn on_fresh(
     users: usize,
     f: impl AsyncFnOnce(&Arc<System>) -> Value,
 ) -> Result<Value, String> {
-    let sys = match System::start(kind, env, users).await {
+    on_fresh_with(kind, env, users, Payload::Triggers, f).await
+}
+
+/// [`on_fresh`] with the system's events carrying `payload`.
+async fn on_fresh_with(
+    kind: Kind,
+    env: &Env,
+    users: usize,
+    payload: Payload,
+    f: impl AsyncFnOnce(&Arc<System>) -> Value,
+) -> Result<Value, String> {
+    let sys = match System::start(kind, env, users, payload).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let tail = log_tail(env, kind);
@@ -235,8 +250,9 @@ async fn run(
     for &kind in kinds {
         eprintln!("== {}", kind.name());
         let mut entry = json!({"system": kind.name(), "status": "ok"});
-        let steps: [(&str, usize); 4] = [
+        let steps: [(&str, usize); 5] = [
             ("fanout", profile.fanout_users),
+            ("fanout-pass", profile.fanout_users),
             ("idle", profile.idle_users),
             ("churn", profile.churn_users),
             ("storm", profile.storm_users),
@@ -264,6 +280,12 @@ async fn run(
                 "fanout" => {
                     on_fresh(kind, env, users, async |s| scenarios::fanout(s, &p).await).await
                 }
+                "fanout-pass" => {
+                    on_fresh_with(kind, env, users, Payload::Pass, async |s| {
+                        scenarios::fanout(s, &p).await
+                    })
+                    .await
+                }
                 "idle" => idle_with_split(kind, env, &p).await,
                 "churn" => {
                     on_fresh(kind, env, users, async |s| {
@@ -285,6 +307,10 @@ async fn run(
                 }
             }
         }
+        if entry["fanout"].get("steps").is_some() && entry["fanout-pass"].get("steps").is_some() {
+            entry["fanout-pass"]["vs_trigger"] =
+                scenarios::pass_vs_trigger(&entry["fanout"], &entry["fanout-pass"]);
+        }
         results.push(entry);
     }
     let json_path = out_dir.join(format!("run-{}-{stamp}.json", profile.name));
@@ -302,6 +328,11 @@ async fn run(
             "Every system gets the same tabs (HTTP/1.1, one connection each, source addresses spread over 127.0.0.0/8) and the same emit clock (100 ticks/s, round-robin over users; every event of a tick is sent as one burst with one timestamp).",
             "ssemux: the mock backend emits `inbound {peer: <timestamp>}`; ssemux's default rules turn it into `thread-updated` + `contact-changed`. The others are handed the two already-translated triggers: nginx pass-through by the mock backend on each tab's own stream, Pushpin by one HTTP publish per tick (GRIP http-stream), nchan by one POST per trigger per user, the floor by one control line per user.",
             "CPU and PSS are the system's own processes (ssemux; nginx master+workers; pushpin's runner, condure, zurl, proxy and handler; the floor). The mock backend is reported separately; the GRIP origin runs inside the bench.",
+            format!(
+                "Pass-through fan-out (ssemux only): ssemux started with `[[translate.rules]] event = \"*\" pass = true`; the mock emits `{}` with {} bytes of JSON per user event (multi-byte UTF-8 and JSON escapes included), the same users × tabs and rates as the fan-out. Every tab checks each event's name and data byte for byte against what its user was sent; anything else of ours is a mismatch (never delivered or timed). Ratios are pass ÷ the trigger fan-out of the same run, at the same rate.",
+                pass::EVENT,
+                pass::DATA_BYTES
+            ),
             "Churn and storm only apply to systems with a per-user backend stream (ssemux, nginx pass-through); they are reported n/a for the publish-model systems.",
             format!(
                 "Idle split (ssemux only): the idle scenario again at {} on fresh systems (same tabs, different users); PSS after − before = users × per-user + tabs × per-tab, solved from those two layouts.",

@@ -182,6 +182,8 @@ pub fn markdown(run: &Value) -> String {
         }
     }
 
+    pass_through(&mut out, &systems);
+
     // Idle.
     let _ = writeln!(
         out,
@@ -287,6 +289,108 @@ pub fn markdown(run: &Value) -> String {
         }
     }
     out
+}
+
+/// `p vs t (p/t×)`: a pass-through figure next to its trigger baseline.
+fn versus(p: Option<f64>, t: Option<f64>, unit: &str) -> String {
+    if p.is_none() && t.is_none() {
+        return "—".into();
+    }
+    format!("{} vs {}{}", num(p, unit), num(t, unit), ratio(p, t))
+}
+
+/// The pass-through fan-out (ssemux only), as ratios to the trigger fan-out
+/// of the same run at the same rate.
+fn pass_through(out: &mut String, systems: &[Value]) {
+    let with: Vec<&Value> = systems
+        .iter()
+        .filter(|s| scenario(s, "fanout-pass").is_some())
+        .collect();
+    let Some(first) = with.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n## (a′) Pass-through fan-out: 1 KiB events byte for byte\n\n\
+         ssemux with one rule, `event = \"*\"` `pass = true`: every upstream event goes to the tabs as it came. \
+         Same users × tabs and rates as (a); each upstream event carries {} bytes of JSON, and each tab \
+         checks name and data byte for byte (`mismatched` must be 0). Latency is per event, as in (a) per trigger. \
+         Each cell is pass-through vs the trigger fan-out (a) of this run at the same rate/user/s, ratio pass ÷ trigger; \
+         bytes are what a tab read per upstream event (SSE framing, ids and keep-alives included); events/s count \
+         upstream event × tab (a trigger step delivers two triggers per event).\n\n\
+         The reference rate is the highest at which both kept up and both emitters offered ≥ 90% of the rate's \
+         nominal load: the emitter awaits one publish call per 10 ms tick and skips ticks that fall due meanwhile, \
+         and a tick of 1 KiB events takes longer to publish, so at high rates the pass-through step runs at less \
+         load than its rate says (`offered ÷ nominal` below).\n\n\
+         | system | reference rate/user/s | p50 | p99 | bytes/tab/event | max delivered events/s | mismatched |\n|---|---|---|---|---|---|---|",
+        first["fanout-pass"]["data_bytes"]
+    );
+    for s in &with {
+        let name = s["system"].as_str().unwrap_or("?");
+        let fp = &s["fanout-pass"];
+        let vs = &fp["vs_trigger"];
+        let r = &vs["reference"];
+        let pair = |p: &str, t: &str, unit: &str| versus(f(&r[p]), f(&r[t]), unit);
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            num(f(&r["rate_per_user"]), ""),
+            pair("pass_p50_ms", "trigger_p50_ms", " ms"),
+            pair("pass_p99_ms", "trigger_p99_ms", " ms"),
+            pair(
+                "pass_bytes_per_tab_event",
+                "trigger_bytes_per_tab_event",
+                " B"
+            ),
+            versus(
+                f(&vs["pass_max_events_per_s"]),
+                f(&vs["trigger_max_events_per_s"]),
+                ""
+            ),
+            fp["mismatched_total"],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nEvery rate:\n\n\
+         | system | rate/user/s | both kept up | offered ÷ nominal | p50 ms | p99 ms | bytes/tab/event | pass mismatched | pass lost | pass delivered events/s | pass server CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in &with {
+        let name = s["system"].as_str().unwrap_or("?");
+        let fp = &s["fanout-pass"];
+        let rows = fp["vs_trigger"]["rates"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for st in fp["steps"].as_array().cloned().unwrap_or_default() {
+            let rate = f(&st["rate_per_user"]);
+            let row = rows.iter().find(|r| f(&r["rate_per_user"]) == rate);
+            let pair =
+                |p: &str, t: &str| row.map_or("—".into(), |r| versus(f(&r[p]), f(&r[t]), ""));
+            let both = match row {
+                None => "no trigger step",
+                Some(r) if r["both_kept_up"] == true => "yes",
+                Some(_) => "no",
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {both} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                num(rate, ""),
+                row.map_or("—".into(), |r| format!(
+                    "{} vs {}",
+                    num(f(&r["pass_offered_share"]), ""),
+                    num(f(&r["trigger_offered_share"]), "")
+                )),
+                pair("pass_p50_ms", "trigger_p50_ms"),
+                pair("pass_p99_ms", "trigger_p99_ms"),
+                pair("pass_bytes_per_tab_event", "trigger_bytes_per_tab_event"),
+                st["mismatched"],
+                st["lost"],
+                num(f(&st["events_delivered_per_s"]), ""),
+                num(f(&st["server_cpu_s"]), ""),
+            );
+        }
+    }
 }
 
 /// The idle cost split into per user and per tab, for systems that ran the
@@ -439,6 +543,19 @@ fn targets(out: &mut String, systems: &[Value]) {
         after.map_or("—".into(), |a| a.to_string()),
         verdict(bounds.map(|(a, b)| a == b && after == Some(0)))
     );
+    if let Some(fp) = scenario(base, "fanout-pass") {
+        let m = fp["mismatched_total"].as_u64();
+        let timed: u64 = fp["steps"]
+            .as_array()
+            .map(|st| st.iter().filter_map(|x| x["timed"].as_u64()).sum())
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| pass-through: every event reaches the tabs byte for byte | {} mismatched, {timed} checked | {} |",
+            m.map_or("—".into(), |m| m.to_string()),
+            verdict(m.map(|m| m == 0 && timed > 0))
+        );
+    }
     let storm = scenario(base, "storm");
     let peak = storm.and_then(|s| s["peak_backend_new_conns_per_s"].as_f64());
     let all = storm.and_then(|s| s["secs_until_all_resynced"].as_f64());

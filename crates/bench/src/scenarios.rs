@@ -1,5 +1,7 @@
 //! Scenarios: the four measurements run identically against every system —
-//! fan-out at stepped rates, idle scale, churn, reconnect storm.
+//! fan-out at stepped rates, idle scale, churn, reconnect storm — and the
+//! pass-through fan-out, run for ssemux only and compared with its trigger
+//! fan-out of the same run.
 //!
 //! Owns tab populations, the emit clock and what is measured when. It must
 //! never wait without a deadline, and never report a figure it did not
@@ -13,9 +15,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{TabSpec, UserGauge, run_tab};
-use crate::procs;
 use crate::stats::{Recorder, now_us};
-use crate::systems::System;
+use crate::systems::{Payload, System};
+use crate::{pass, procs};
 
 /// Sizes and durations of one benchmark profile.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -124,20 +126,40 @@ async fn open_tabs(
     rec.open.load(Ordering::SeqCst) - base
 }
 
+/// What [`drive`] did.
+struct Driven {
+    /// Events emitted.
+    emitted: u64,
+    /// Emit calls that failed.
+    errors: u64,
+    /// Ticks that emitted (a tick that falls due while the previous emit is
+    /// still under way is skipped, so the offered rate drops).
+    ticks: u64,
+    /// Seconds spent inside emit calls: near the step's length, the emitter
+    /// (publish call or backend) was the limit, not the system.
+    emit_busy_s: f64,
+}
+
 /// Emit at `rate` events per user per second for `secs`, 100 ticks a second,
-/// round-robin over users. Returns (events emitted, emit errors).
+/// round-robin over users.
 ///
 /// Every event of a tick carries the tick's timestamp and leaves as one
 /// burst, so the last delivery of a burst waits for all of it: with 50 ms
 /// ticks (the first version), a burst at half the peak rate alone took
 /// ≥ 25 ms to deliver at peak speed, and p99 measured the tick, not the
 /// system. 10 ms ticks keep that floor well under the latencies measured.
-async fn drive(sys: &Arc<System>, users: usize, rate: f64, secs: f64) -> (u64, u64) {
+async fn drive(sys: &Arc<System>, users: usize, rate: f64, secs: f64) -> Driven {
     const TICK: f64 = 0.01;
     let mut iv = tokio::time::interval(Duration::from_secs_f64(TICK));
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let (mut carry, mut next, mut emitted, mut errors) = (0.0f64, 0usize, 0u64, 0u64);
+    let (mut carry, mut next) = (0.0f64, 0usize);
+    let mut d = Driven {
+        emitted: 0,
+        errors: 0,
+        ticks: 0,
+        emit_busy_s: 0.0,
+    };
     let max_ticks = (secs / TICK).ceil() as u64 + 1;
     for _ in 0..max_ticks {
         iv.tick().await;
@@ -154,12 +176,15 @@ async fn drive(sys: &Arc<System>, users: usize, rate: f64, secs: f64) -> (u64, u
                 u
             })
             .collect();
+        let t = Instant::now();
         match sys.emit(&batch, now_us()).await {
-            Ok(c) => emitted += c as u64,
-            Err(_) => errors += 1,
+            Ok(c) => d.emitted += c as u64,
+            Err(_) => d.errors += 1,
         }
+        d.emit_busy_s += t.elapsed().as_secs_f64();
+        d.ticks += 1;
     }
-    (emitted, errors)
+    d
 }
 
 fn ms(us: Option<u64>) -> Value {
@@ -167,6 +192,9 @@ fn ms(us: Option<u64>) -> Value {
 }
 
 /// (a) Fan-out: U users × T tabs, rate stepped up until delivery falls behind.
+/// With a [`crate::systems::Payload::Pass`] system this is the pass-through
+/// fan-out: one 1 KiB event per emit per tab instead of two triggers, each
+/// checked byte for byte (mismatches are counted, never delivered).
 pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
     let rec = Arc::new(Recorder::default());
     let stop = CancellationToken::new();
@@ -182,17 +210,24 @@ pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
     let mut steps = Vec::new();
     let mut max_delivered: f64 = 0.0;
     let mut peak_pss = 0u64;
+    let per_event = sys.payload.per_event();
+    let mut mismatched_total = 0u64;
     for &rate in &p.rates {
         rec.reset_delivery();
         let s0 = procs::sample(&servers);
         let b0 = procs::sample(&backend);
         let c0 = procs::cpu_seconds(&[std::process::id()]);
         let t0 = Instant::now();
-        let (emitted, errors) = drive(sys, users, rate, p.step_secs).await;
+        let Driven {
+            emitted,
+            errors,
+            ticks,
+            emit_busy_s,
+        } = drive(sys, users, rate, p.step_secs).await;
         let elapsed = t0.elapsed().as_secs_f64();
         let in_window = rec.delivered.load(Ordering::SeqCst);
         let mid = procs::sample(&servers);
-        let expected = emitted * 2 * open as u64 / users as u64;
+        let expected = emitted * per_event * open as u64 / users as u64;
         // Drain: wait for stragglers, stop when done or no progress for 1 s.
         let drain_end = Instant::now() + Duration::from_secs(5);
         let (mut last, mut last_change) = (in_window, Instant::now());
@@ -218,6 +253,11 @@ pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
         max_delivered = max_delivered.max(delivered);
         let lost = expected as i64 - received as i64;
         let p99 = rec.latency.quantile(0.99);
+        let mismatched = rec.mismatched.load(Ordering::SeqCst);
+        mismatched_total += mismatched;
+        let wire = rec.wire_bytes.load(Ordering::SeqCst);
+        // Upstream events that reached a tab, summed over tabs.
+        let tab_events = received / per_event;
         steps.push(json!({
             "rate_per_user": rate,
             "offered_per_s": offered,
@@ -226,8 +266,18 @@ pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
             "received": received,
             "lost": lost,
             "resyncs": rec.resyncs.load(Ordering::SeqCst),
+            "mismatched": mismatched,
+            "other_events": rec.other.load(Ordering::SeqCst),
+            "events_delivered_per_s": delivered / per_event as f64,
+            "wire_bytes": wire,
+            "wire_bytes_per_tab": if open > 0 { wire as f64 / open as f64 } else { 0.0 },
+            "wire_bytes_per_tab_event": if tab_events > 0 { Some(wire as f64 / tab_events as f64) } else { None },
             "timed": rec.latency.count(),
             "emit_errors": errors,
+            "ticks": ticks,
+            "emit_busy_s": emit_busy_s,
+            // What `offered` would be had every tick emitted.
+            "nominal_per_s": rate * (per_event * open as u64) as f64,
             "p50_ms": ms(rec.latency.quantile(0.5)),
             "p99_ms": ms(p99),
             "p999_ms": ms(rec.latency.quantile(0.999)),
@@ -247,14 +297,108 @@ pub async fn fanout(sys: &Arc<System>, p: &Profile) -> Value {
     }
     stop.cancel();
     json!({
+        "payload": sys.payload.name(),
+        "data_bytes": (sys.payload == Payload::Pass).then_some(pass::DATA_BYTES),
+        "per_event": per_event,
         "users": users,
         "tabs_per_user": tabs,
         "tabs_open": open,
         "failed_opens": rec.failed.load(Ordering::SeqCst),
         "failure_reasons": rec.failures_json(),
+        "mismatched_total": mismatched_total,
         "steps": steps,
         "max_delivered_per_s": max_delivered,
         "peak_server_pss_bytes": peak_pss,
+    })
+}
+
+/// Whether a fan-out step kept up: delivered ≥ 90% of offered, loss ≤ 1%.
+fn kept_up(step: &Value) -> bool {
+    let (d, o) = (
+        step["delivered_per_s"].as_f64().unwrap_or(0.0),
+        step["offered_per_s"].as_f64().unwrap_or(0.0),
+    );
+    o > 0.0
+        && d >= 0.9 * o
+        && step["lost"].as_i64().unwrap_or(0) <= step["expected"].as_i64().unwrap_or(0) / 100
+}
+
+/// Offered ÷ nominal of a fan-out step: below 1 the emitter skipped ticks
+/// (its publish call took longer than a tick), so the step ran at less load
+/// than its rate says. Runs before `nominal_per_s` was recorded count as 1.
+fn offered_share(step: &Value) -> f64 {
+    match (
+        step["offered_per_s"].as_f64(),
+        step["nominal_per_s"].as_f64(),
+    ) {
+        (Some(o), Some(n)) if n > 0.0 => o / n,
+        _ => 1.0,
+    }
+}
+
+/// The pass-through fan-out against the trigger fan-out of the same run,
+/// rate by rate (pass ÷ trigger), and at the reference rate: the highest
+/// rate at which both kept up and both offered at least 90% of their
+/// nominal load (like for like). Bytes are what a tab read per upstream
+/// event (SSE framing, ids and keep-alives included).
+pub fn pass_vs_trigger(trigger: &Value, pass: &Value) -> Value {
+    let steps = |v: &Value| v["steps"].as_array().cloned().unwrap_or_default();
+    let (t_steps, p_steps) = (steps(trigger), steps(pass));
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    let mut reference = None;
+    for p in &p_steps {
+        let rate = p["rate_per_user"].as_f64();
+        let Some(t) = t_steps.iter().find(|t| t["rate_per_user"].as_f64() == rate) else {
+            continue;
+        };
+        let g = |v: &Value, k: &str| v[k].as_f64();
+        let both = kept_up(t) && kept_up(p);
+        let (t_share, p_share) = (offered_share(t), offered_share(p));
+        let like_for_like = both && t_share >= 0.9 && p_share >= 0.9;
+        let row = json!({
+            "rate_per_user": rate,
+            "both_kept_up": both,
+            "trigger_offered_share": t_share,
+            "pass_offered_share": p_share,
+            "like_for_like": like_for_like,
+            "trigger_p50_ms": g(t, "p50_ms"),
+            "pass_p50_ms": g(p, "p50_ms"),
+            "p50_ratio": div(g(p, "p50_ms"), g(t, "p50_ms")),
+            "trigger_p99_ms": g(t, "p99_ms"),
+            "pass_p99_ms": g(p, "p99_ms"),
+            "p99_ratio": div(g(p, "p99_ms"), g(t, "p99_ms")),
+            "trigger_bytes_per_tab_event": g(t, "wire_bytes_per_tab_event"),
+            "pass_bytes_per_tab_event": g(p, "wire_bytes_per_tab_event"),
+            "bytes_per_tab_event_ratio": div(g(p, "wire_bytes_per_tab_event"), g(t, "wire_bytes_per_tab_event")),
+            "pass_mismatched": p["mismatched"],
+        });
+        if like_for_like {
+            reference = Some(row.clone());
+        }
+        rows.push(row);
+    }
+    // Events (upstream event × tab) per second: a trigger step delivers two
+    // per event, a pass step one.
+    let max_events = |v: &Value| {
+        let per = v["per_event"].as_f64().unwrap_or(2.0);
+        steps(v)
+            .iter()
+            .filter_map(|s| s["delivered_per_s"].as_f64())
+            .map(|d| d / per)
+            .reduce(f64::max)
+    };
+    let (t_max, p_max) = (max_events(trigger), max_events(pass));
+    json!({
+        "rates": rows,
+        "reference": reference,
+        "trigger_max_events_per_s": t_max,
+        "pass_max_events_per_s": p_max,
+        "max_events_ratio": div(p_max, t_max),
+        "mismatched_total": pass["mismatched_total"],
     })
 }
 

@@ -1,5 +1,6 @@
 //! Stats: what the tabs of one run saw — delivered triggers, resyncs,
-//! connection counts and a latency histogram shared by every tab task.
+//! pass-through mismatches, bytes read, connection counts and a latency
+//! histogram shared by every tab task.
 //!
 //! Owns counting only. It must never block, allocate per event or take a lock
 //! on the delivery path: thousands of tab tasks update it concurrently.
@@ -99,6 +100,11 @@ pub struct Recorder {
     pub resyncs: AtomicU64,
     /// Events whose data was not a timestamp (counted, not timed).
     pub other: AtomicU64,
+    /// Pass-through events that did not arrive byte for byte as sent (wrong
+    /// name, wrong data, another user's); counted, not timed or delivered.
+    pub mismatched: AtomicU64,
+    /// Bytes of SSE stream (body) the tabs read, framing included.
+    pub wire_bytes: AtomicU64,
     /// Tabs whose stream is open right now.
     pub open: AtomicUsize,
     /// Successful stream opens, including reconnects.
@@ -123,6 +129,8 @@ impl Recorder {
     pub fn reset_delivery(&self) {
         self.delivered.store(0, Ordering::SeqCst);
         self.other.store(0, Ordering::SeqCst);
+        self.mismatched.store(0, Ordering::SeqCst);
+        self.wire_bytes.store(0, Ordering::SeqCst);
         self.resyncs.store(0, Ordering::SeqCst);
         self.latency.reset();
     }

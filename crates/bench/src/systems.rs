@@ -3,7 +3,9 @@
 //! of the mock, Pushpin with a GRIP origin, nchan, and the raw floor — and the
 //! one way each of them is fed events and reached by tabs. Two opt-in
 //! variants put ssemux in front of an https backend (nginx terminating TLS
-//! with h2 in front of the mock) for the idle scenario.
+//! with h2 in front of the mock) for the idle scenario. Plain ssemux also
+//! starts with a pass-through rule file for the pass-through fan-out, its
+//! events then carrying 1 KiB payloads.
 //!
 //! Owns configs, ports, process start/stop and publishing. It must never
 //! leave a process behind (every child is a [`Proc`], killed on drop) and
@@ -27,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::client::{TabSpec, source_ip};
+use crate::pass;
 use crate::procs::Proc;
 
 /// The systems, in report order.
@@ -101,6 +104,9 @@ impl Kind {
             Kind::SsemuxHttps | Kind::SsemuxHttpsH2 if scenario != "idle" => Some(
                 "the https backend variants measure idle memory only (see the plain-http ssemux row)",
             ),
+            k if scenario == "fanout-pass" && k != Kind::Ssemux => Some(
+                "pass-through rules are ssemux's; this step compares ssemux with itself (see the trigger fan-out for the peers)",
+            ),
             _ => None,
         }
     }
@@ -118,6 +124,39 @@ impl Kind {
         }
     }
 }
+
+/// What the upstream events carry and what the tabs receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// `inbound {peer: <ts>}` upstream, two short triggers per tab (ssemux's
+    /// default rules); every system.
+    Triggers,
+    /// ssemux with a `*` pass-through rule: a [`pass::DATA_BYTES`] JSON
+    /// event upstream, the same event byte for byte at every tab.
+    Pass,
+}
+
+impl Payload {
+    /// Events a tab receives per emitted upstream event.
+    pub fn per_event(self) -> u64 {
+        match self {
+            Payload::Triggers => 2,
+            Payload::Pass => 1,
+        }
+    }
+
+    /// Name in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Payload::Triggers => "triggers",
+            Payload::Pass => "pass",
+        }
+    }
+}
+
+/// Mock batch requests stay under this (its cap is 4 MiB): a tick of 1 KiB
+/// pass-through events at the top rates is larger and goes as several.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Where binaries and scratch files are.
 #[derive(Clone, Debug)]
@@ -190,6 +229,8 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub struct System {
     /// Which one.
     pub kind: Kind,
+    /// What its events carry.
+    pub payload: Payload,
     servers: Vec<Proc>,
     backend: Option<Proc>,
     /// Processes in the path that are neither measured nor the backend
@@ -296,12 +337,21 @@ async fn spawn_nginx(env: &Env, name: &str, conf: &Path, base: u16) -> anyhow::R
     p.pop().ok_or_else(|| anyhow::anyhow!("nginx vanished"))
 }
 
-/// Start ssemux in front of `backend` with the variant's `sets`, then the
-/// user's `--ssemux-set` values (which may override them).
-async fn spawn_ssemux(env: &Env, kind: Kind, backend: &str, sets: &[&str]) -> anyhow::Result<Proc> {
+/// Start ssemux in front of `backend` with `config` (if any), the variant's
+/// `sets`, then the user's `--ssemux-set` values (which may override them).
+async fn spawn_ssemux(
+    env: &Env,
+    kind: Kind,
+    backend: &str,
+    config: Option<&Path>,
+    sets: &[&str],
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(env.bin_dir.join("ssemux"));
-    cmd.arg("serve")
-        .args(["--backend", backend])
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(["--backend", backend])
         .args(["--listen", &lo(SSEMUX_PORT).to_string()])
         .args(["--set", "hub.max_total_tabs=1000000"])
         .args(sets.iter().flat_map(|s| ["--set", s]))
@@ -419,10 +469,21 @@ async fn grip_origin(listener: tokio::net::TcpListener) {
 }
 
 impl System {
-    /// Start `kind` and log in `users` users where the system needs sessions.
-    pub async fn start(kind: Kind, env: &Env, users: usize) -> anyhow::Result<System> {
+    /// Start `kind` with events carrying `payload` and log in `users` users
+    /// where the system needs sessions. [`Payload::Pass`] is for plain
+    /// ssemux only.
+    pub async fn start(
+        kind: Kind,
+        env: &Env,
+        users: usize,
+        payload: Payload,
+    ) -> anyhow::Result<System> {
+        if payload == Payload::Pass && kind != Kind::Ssemux {
+            anyhow::bail!("pass-through payloads are for plain ssemux only");
+        }
         let mut sys = System {
             kind,
+            payload,
             servers: Vec::new(),
             backend: None,
             helpers: Vec::new(),
@@ -445,7 +506,16 @@ impl System {
             Kind::Ssemux => {
                 sys.backend = Some(spawn_mock(env).await?);
                 let backend = format!("http://{}", lo(MOCK_PORT));
-                sys.servers = vec![spawn_ssemux(env, kind, &backend, &[]).await?];
+                let config = match payload {
+                    Payload::Triggers => None,
+                    Payload::Pass => {
+                        let path = env.work.join("ssemux-pass.toml");
+                        std::fs::write(&path, pass::RULES_TOML)?;
+                        Some(path)
+                    }
+                };
+                sys.servers =
+                    vec![spawn_ssemux(env, kind, &backend, config.as_deref(), &[]).await?];
                 sys.tab_addr = lo(SSEMUX_PORT);
             }
             Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
@@ -473,7 +543,7 @@ impl System {
                     sets.push("upstream.http_version=http2");
                 }
                 let backend = format!("https://{}", lo(NGINX_TLS_PORT));
-                sys.servers = vec![spawn_ssemux(env, kind, &backend, &sets).await?];
+                sys.servers = vec![spawn_ssemux(env, kind, &backend, None, &sets).await?];
                 sys.tab_addr = lo(SSEMUX_PORT);
             }
             Kind::NginxPassthrough => {
@@ -600,6 +670,7 @@ impl System {
             cookie,
             source: source_ip(i),
             user_gauge: None,
+            pass_user: (self.payload == Payload::Pass).then_some(user),
         }
     }
 
@@ -636,11 +707,15 @@ impl System {
     }
 
     /// Emit one event stamped `ts` (µs) for each user in `users`; every
-    /// system turns it into the same two triggers per tab. Returns how many
-    /// user events were accepted.
+    /// system turns it into the same two triggers per tab (or, with
+    /// [`Payload::Pass`], ssemux passes it to every tab as it came). Returns
+    /// how many user events were accepted.
     pub async fn emit(self: &Arc<Self>, users: &[usize], ts: u64) -> anyhow::Result<usize> {
         if users.is_empty() {
             return Ok(0);
+        }
+        if self.payload == Payload::Pass {
+            return self.emit_pass(users, ts).await;
         }
         match self.kind {
             Kind::Ssemux | Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
@@ -730,6 +805,39 @@ impl System {
                     ctl.lock().await.write_all(lines.as_bytes()).await?;
                 }
             }
+        }
+        Ok(users.len())
+    }
+
+    /// [`System::emit`] of pass-through payloads: one batch line per user,
+    /// split into requests under [`BATCH_BYTES`] sent side by side.
+    async fn emit_pass(self: &Arc<Self>, users: &[usize], ts: u64) -> anyhow::Result<usize> {
+        let line_bytes = pass::DATA_BYTES + pass::EVENT.len() + 16;
+        let per_request = (BATCH_BYTES / line_bytes).max(1);
+        let mut set = tokio::task::JoinSet::new();
+        let mut data = Vec::with_capacity(pass::DATA_BYTES);
+        for part in users.chunks(per_request) {
+            let mut body = Vec::with_capacity(part.len() * line_bytes);
+            for &u in part {
+                pass::write_data(&mut data, u, ts);
+                body.extend_from_slice(format!("user{u}\t{}\t", pass::EVENT).as_bytes());
+                body.extend_from_slice(&data);
+                body.push(b'\n');
+            }
+            // UTF-8 by construction (pass::write_data), so this never fails.
+            let body = String::from_utf8(body)?;
+            let me = self.clone();
+            set.spawn(async move {
+                me.post(
+                    format!("http://{}/__admin/emit-batch", lo(MOCK_PORT)),
+                    &[],
+                    body,
+                )
+                .await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
         }
         Ok(users.len())
     }
