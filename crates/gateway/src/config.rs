@@ -467,7 +467,10 @@ pub struct KeyParam {
 impl KeyParam {
     /// Whether `value` is acceptable for this parameter.
     pub fn accepts(&self, value: &str) -> bool {
+        // Whatever the pattern: a control character could forge the key's
+        // separator.
         value.len() <= self.max_len
+            && !value.chars().any(char::is_control)
             && match &self.pattern {
                 Some(p) => p.matches(value),
                 None => {
@@ -690,6 +693,11 @@ pub struct HubConfig {
     /// has the same key. Unset: a random key per process (resume within the
     /// process only).
     pub resume_key_file: Option<PathBuf>,
+    /// Seal positions into ids at all. Costs a cipher call and ~70 bytes per
+    /// published batch on every tab's wire (measured in docs/benchmarks.md);
+    /// `false` for deployments bound by fan-out throughput (a tab back after
+    /// its channel is gone then gets `resync`).
+    pub resume: bool,
 }
 
 /// `hub.on_gap`.
@@ -720,6 +728,7 @@ impl Default for HubConfig {
             upstream_down_event: "upstream-down".into(),
             upstream_up_event: "upstream-up".into(),
             resume_key_file: None,
+            resume: true,
         }
     }
 }
@@ -979,6 +988,9 @@ impl Config {
         }
         if self.server.write_timeout.is_zero() {
             return bad("server.write_timeout", "must be more than 0");
+        }
+        if self.hub.upstream_down_after.is_zero() {
+            return bad("hub.upstream_down_after", "must be more than 0");
         }
         if self.hub.keepalive.is_zero() {
             return bad("hub.keepalive", "must be more than 0");
@@ -1414,6 +1426,22 @@ mod tests {
         assert!(e.to_string().contains("hub.nope"), "{e}");
         let e = Config::from_parts("[hub]\nring_size = 0\n", none(), &[]).unwrap_err();
         assert!(e.to_string().contains("hub.ring_size"), "{e}");
+    }
+
+    #[test]
+    fn key_values_never_carry_control_characters() {
+        let p = KeyParam {
+            name: "app".into(),
+            pattern: Some(KeyPattern::new(".+").expect("pattern")),
+            max_len: 64,
+            required: true,
+        };
+        assert!(p.accepts("notes"));
+        assert!(
+            !p.accepts("x\u{1f}y"),
+            "a separator could forge another key"
+        );
+        assert!(!p.accepts(&"x".repeat(65)));
     }
 
     #[test]

@@ -326,13 +326,28 @@ impl From<&Credential> for Credential {
     }
 }
 
-/// A credential as one request carries it to the backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A credential as one request carries it to the backend. `Debug` names
+/// the header or parameter, never the value.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Presented {
     /// A header to send (marked sensitive).
     pub header: Option<(HeaderName, HeaderValue)>,
     /// `name=value`, percent-encoded, to append to the query.
     pub query: Option<String>,
+}
+
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header = self.header.as_ref().map(|(n, _)| n.as_str());
+        let query = self
+            .query
+            .as_deref()
+            .map(|q| q.split_once('=').map_or(q, |(n, _)| n));
+        f.debug_struct("Presented")
+            .field("header", &header)
+            .field("query", &query)
+            .finish()
+    }
 }
 
 impl Presented {
@@ -372,7 +387,15 @@ fn extract(place: &Place, headers: &HeaderMap, query: &str) -> Option<String> {
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     match place {
         Place::Cookies => cookie_header(headers),
-        Place::Cookie(n) => cookie_value(&cookie_header(headers)?, n).and_then(nonempty),
+        Place::Cookie(n) => {
+            let all = cookie_header(headers)?;
+            // Two cookies of the name: ssemux and the backend could pick
+            // different ones (cookie tossing), so neither is taken.
+            if crate::cookie::cookie_count(&all, n) > 1 {
+                return None;
+            }
+            cookie_value(&all, n).and_then(nonempty)
+        }
         Place::Header(n) => {
             // Two values would leave ssemux and the backend free to pick
             // different ones: neither is taken.
@@ -513,6 +536,12 @@ mod tests {
         );
         let h = headers(&[("x-session-id", "a"), ("x-session-id", "b")]);
         assert_eq!(s.find(&h, "").expect("size"), None);
+        // A cookie named twice (cookie tossing): neither is taken.
+        let c = Sources::parse("cookie:sid").expect("sources");
+        let h = headers(&[("cookie", "sid=a; other=1"), ("cookie", "sid=b")]);
+        assert_eq!(c.find(&h, "").expect("size"), None);
+        let h = headers(&[("cookie", "sid=a; other=1")]);
+        assert_eq!(c.find(&h, "").expect("size").expect("found").value(), "a");
         let big = format!("sessionId={}", "x".repeat(MAX_CREDENTIAL_BYTES + 1));
         assert_eq!(s.find(&HeaderMap::new(), &big), Err(TooLarge));
     }

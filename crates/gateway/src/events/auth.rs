@@ -29,8 +29,9 @@ const MAX_ME_BYTES: usize = 16 * 1024;
 /// Longest user id accepted from the backend.
 const MAX_USER_BYTES: usize = 256;
 
-/// Who a request belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who a request belongs to. `Debug` shows the user and where the
+/// credential was, never its value.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The backend's user id (`upstream` mode: a keyed hash of the credential).
     pub user: String,
@@ -40,6 +41,15 @@ pub struct Identity {
     /// present, else the credential. Used as the tab key when the page sends
     /// no tab id.
     pub session: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a request has no identity.
@@ -104,6 +114,23 @@ fn cache_key(cred: &Credential) -> CacheKey {
 /// One identity call in flight, shared by every request with its credential.
 type InFlight = Arc<OnceCell<Result<Known, AuthError>>>;
 
+/// Drops a request's entry from the in-flight map when it is done or
+/// cancelled (only if the entry is still this request's call).
+struct InFlightGuard<'a> {
+    map: &'a DashMap<CacheKey, InFlight>,
+    key: CacheKey,
+    cell: InFlight,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        // Waiters that hold the cell still get its answer; a request
+        // arriving later finds the cache, or asks anew.
+        self.map
+            .remove_if(&self.key, |_, c| Arc::ptr_eq(c, &self.cell));
+    }
+}
+
 /// Most often a bad identity answer is logged at WARN; the rest go to debug.
 const BAD_ANSWER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -131,7 +158,11 @@ pub struct Auth {
 impl Auth {
     /// `me_url` is the backend's identity endpoint (`auth.me_path`).
     pub fn new(client: BackendClient, me_url: Uri, settings: AuthConfig, metrics: Metrics) -> Self {
-        let seed: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        let mut seed = [0u8; 32];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+            // No OS randomness: still unique per process, not secret.
+            seed = std::array::from_fn(|_| fastrand::u8(..));
+        }
         Auth {
             client,
             me_url,
@@ -263,18 +294,22 @@ impl Auth {
     /// first gives up, the next waiting one asks).
     async fn ask_once(&self, key: CacheKey, cred: &Credential) -> Result<Known, AuthError> {
         let cell = self.in_flight.entry(key).or_default().clone();
-        let r = cell
-            .get_or_init(|| async {
-                let r = self.ask_backend(cred).await;
-                if let Ok(known) = &r {
-                    self.remember(key, known.clone());
-                }
-                r
-            })
-            .await
-            .clone();
-        self.in_flight.remove_if(&key, |_, c| Arc::ptr_eq(c, &cell));
-        r
+        // Removed however this ends, a tab that went away included: a
+        // cancelled call must not leave its entry behind.
+        let _gone = InFlightGuard {
+            map: &self.in_flight,
+            key,
+            cell: cell.clone(),
+        };
+        cell.get_or_init(|| async {
+            let r = self.ask_backend(cred).await;
+            if let Ok(known) = &r {
+                self.remember(key, known.clone());
+            }
+            r
+        })
+        .await
+        .clone()
     }
 
     /// The backend's stream refused `cred` (`upstream` mode, or every

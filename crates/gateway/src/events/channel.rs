@@ -261,7 +261,11 @@ impl Channel {
             revocations: AtomicU64::new(0),
             upstream_ready: Notify::new(),
             signals,
-            start: subject.from.clone().filter(|_| resume.is_some()),
+            // A position with nowhere to resume from must not pass for one.
+            start: subject
+                .from
+                .clone()
+                .filter(|p| resume.is_some() && p.resume_point().is_some()),
             resume,
             state: Mutex::new(State {
                 seq: 0,
@@ -401,7 +405,16 @@ impl Channel {
                 st.last_pos.clone_from(&pos);
             }
             let seq = st.seq + 1;
-            let id = self.id_for(seq, st.last_pos.as_ref());
+            // Sealing costs a cipher call and ~70 bytes on every tab's
+            // wire: only the last frame of a publish carries the position.
+            // A tab writes a publish in one go, so that is where its
+            // `Last-Event-ID` lands; one cut inside a batch gets `resync`
+            // if its channel is gone by then.
+            let id = if i + 1 == triggers.len() {
+                self.id_for(seq, st.last_pos.as_ref())
+            } else {
+                self.id_for(seq, None)
+            };
             // A resync is how the configured gap policy is told: the channel
             // decides what the tabs see of it.
             let gap = t.name == trigger::RESYNC;

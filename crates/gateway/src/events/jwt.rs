@@ -131,14 +131,23 @@ impl JwtVerifier {
             Keys::Set(set) => match find(&set.load(), head.kid.as_deref()) {
                 Some(k) => k,
                 None => {
-                    self.refetch().await?;
+                    let fetched = self.refetch().await?;
                     let keys = set.load();
                     if keys.is_empty() {
                         // Not the token's fault: ssemux has no key yet.
                         return Err(JwtError::Unavailable("no signing keys fetched yet".into()));
                     }
-                    find(&keys, head.kid.as_deref())
-                        .ok_or_else(|| JwtError::Refused("no key for the token's kid".into()))?
+                    match find(&keys, head.kid.as_deref()) {
+                        Some(k) => k,
+                        // A key rotated in while fetching is held back: try
+                        // again later (503), not "logged out" (401).
+                        None if !fetched && self.remote.is_some() => {
+                            return Err(JwtError::Unavailable(
+                                "unknown kid; keys are fetched again shortly".into(),
+                            ));
+                        }
+                        None => return Err(JwtError::Refused("no key for the token's kid".into())),
+                    }
                 }
             },
         };
@@ -160,9 +169,10 @@ impl JwtVerifier {
 
     /// Fetch the backend's JWKS again, unless it was fetched within the last
     /// minute (a flood of tokens with made-up `kid`s costs one fetch a minute).
-    async fn refetch(&self) -> Result<(), JwtError> {
+    /// Whether keys were fetched (`false`: no remote set, or held back).
+    async fn refetch(&self) -> Result<bool, JwtError> {
         let (Some((client, url, timeout)), Keys::Set(set)) = (&self.remote, &self.keys) else {
-            return Ok(());
+            return Ok(false);
         };
         {
             let mut last = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +183,7 @@ impl JwtVerifier {
                 JWKS_REFETCH_EVERY
             };
             if last.is_some_and(|at| now.duration_since(at) < every) {
-                return Ok(());
+                return Ok(false);
             }
             *last = Some(now);
         }
@@ -200,7 +210,7 @@ impl JwtVerifier {
         let text = String::from_utf8_lossy(&bytes);
         let keys = parse_jwks(&text, self.algorithm).map_err(unavailable)?;
         set.store(Arc::new(keys));
-        Ok(())
+        Ok(true)
     }
 }
 

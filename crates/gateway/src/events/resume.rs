@@ -48,7 +48,7 @@ impl Position {
     /// Where to resume after this frame; `None` when a partly delivered first
     /// event of a stream leaves nothing to resume from.
     pub fn resume_point(&self) -> Option<ResumePoint> {
-        if self.index + 1 >= self.total {
+        if u32::from(self.index) + 1 >= u32::from(self.total) {
             return Some(ResumePoint {
                 last_event_id: self.id.clone(),
                 skip: None,

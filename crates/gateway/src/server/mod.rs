@@ -154,10 +154,11 @@ impl Gateway {
         let rules = upstream.rules_handle();
         // Shared by a deployment's instances when configured, so a tab
         // resumes on any of them; this process's own otherwise.
-        let resume = Arc::new(match &cfg.hub.resume_key_file {
-            Some(path) => ResumeKey::from_file(path)?,
-            None => ResumeKey::random()?,
-        });
+        let resume = match (&cfg.hub.resume_key_file, cfg.hub.resume) {
+            (_, false) => None,
+            (Some(path), true) => Some(Arc::new(ResumeKey::from_file(path)?)),
+            (None, true) => Some(Arc::new(ResumeKey::random()?)),
+        };
         let streams = Streams {
             key: cfg.key.clone(),
             template: cfg.upstream.events_path.clone(),
@@ -173,7 +174,7 @@ impl Gateway {
         let events = Events {
             hub_cfg: cfg.hub.clone(),
             auth: auth.clone(),
-            hub: Hub::with_resume(cfg.hub.clone(), upstream, Some(resume)),
+            hub: Hub::with_resume(cfg.hub.clone(), upstream, resume),
             connects: ConnectLimiter::new(cfg.server.events_connects_per_second),
             watermarks: watermarks.clone(),
             metrics: metrics.clone(),

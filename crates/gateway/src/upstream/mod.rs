@@ -316,7 +316,10 @@ impl Upstream {
                 match item {
                     Ok(Item::Event(ev)) => {
                         let prev = at.last_id.take();
-                        let from = if !ev.last_event_id.is_empty() {
+                        // The parser keeps the last id for events without one (as the
+                        // SSE spec does); only an event that carried an id
+                        // has a position of its own.
+                        let from = if ev.has_id && !ev.last_event_id.is_empty() {
                             at.last_id = Some(ev.last_event_id.clone());
                             Some(EventAt {
                                 id: ev.last_event_id.as_str().into(),
@@ -327,10 +330,16 @@ impl Upstream {
                                 },
                             })
                         } else {
-                            // No id: nothing to resume from (an explicit
-                            // empty one resets resumption too).
+                            // No id of its own: it resumes nothing (an
+                            // explicit empty one resets resumption).
                             at.skip = None;
-                            at.last_id = if ev.has_id { None } else { prev };
+                            at.last_id = if ev.has_id {
+                                None
+                            } else if !ev.last_event_id.is_empty() {
+                                Some(ev.last_event_id.clone())
+                            } else {
+                                prev
+                            };
                             None
                         };
                         self.deliver(channel, cred, &ev.event, &ev.data, from, &mut batch)
@@ -439,7 +448,9 @@ impl Upstream {
                                 id: f.id.clone(),
                                 // Only a tab cut inside the event needs the
                                 // one before (ids stay shorter without it).
-                                prev: (index + 1 < total).then(|| f.prev.clone()).flatten(),
+                                prev: (u32::from(index) + 1 < u32::from(total))
+                                    .then(|| f.prev.clone())
+                                    .flatten(),
                                 index,
                                 total,
                             }
