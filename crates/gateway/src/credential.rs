@@ -133,7 +133,11 @@ impl Sources {
             if value.len() > MAX_CREDENTIAL_BYTES {
                 return Err(TooLarge);
             }
-            return Ok(Some(Credential::new(place.clone(), value)));
+            let mut cred = Credential::new(place.clone(), value);
+            if let Place::Query(n) = place {
+                cred.raw = raw_query_value(query, n).map(Arc::from);
+            }
+            return Ok(Some(cred));
         }
         Ok(None)
     }
@@ -230,6 +234,10 @@ pub struct TooLarge;
 pub struct Credential {
     place: Place,
     value: Arc<str>,
+    /// A query value as it was written (still percent-encoded): what a
+    /// backend reading the same parameter is shown, so it decodes exactly
+    /// what the browser sent (`+`, invalid escapes and all).
+    raw: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Credential {
@@ -249,6 +257,7 @@ impl Credential {
         Credential {
             place,
             value: value.into(),
+            raw: None,
         }
     }
 
@@ -299,10 +308,17 @@ impl Credential {
                 header: header(header::AUTHORIZATION, format!("Bearer {v}")),
                 query: None,
             },
-            Place::Query(n) => Presented {
-                header: None,
-                query: Some(format!("{}={}", encode(n), encode(v))),
-            },
+            Place::Query(n) => {
+                let raw = self
+                    .raw
+                    .as_deref()
+                    .filter(|_| self.place == Place::Query(n.clone()));
+                let value = raw.map_or_else(|| encode(v), str::to_string);
+                Presented {
+                    header: None,
+                    query: Some(format!("{}={value}", encode(n))),
+                }
+            }
         }
     }
 }
@@ -423,6 +439,18 @@ fn extract(place: &Place, headers: &HeaderMap, query: &str) -> Option<String> {
             nonempty(&v)
         }
     }
+}
+
+/// The one value of query parameter `name`, as written.
+fn raw_query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    let mut found = query.split('&').filter_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (decode(k) == name).then_some(v)
+    });
+    let v = found.next()?;
+    // Only characters a request target may carry, or it is re-encoded.
+    let safe = v.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+    (found.next().is_none() && safe).then_some(v)
 }
 
 /// Every percent-decoded value of query parameter `name`.
@@ -553,6 +581,15 @@ mod tests {
         assert_eq!(as_is.header, None);
         assert_eq!(as_is.path("/events"), "/events?secret=a%20b%26c");
         assert_eq!(as_is.path("/e?x=1"), "/e?x=1&secret=a%20b%26c");
+        // Found in a query, shown in one: exactly as it was written.
+        let s = Sources::parse("query:secret").expect("sources");
+        let found = s
+            .find(&HeaderMap::new(), "secret=a+b%2Fc%zz")
+            .expect("size")
+            .expect("found");
+        assert_eq!(found.value(), "a+b/c%zz");
+        let shown = found.present(&Presentation::AsReceived);
+        assert_eq!(shown.path("/e"), "/e?secret=a+b%2Fc%zz");
         let bearer = c.present(&Presentation::In(Place::Bearer));
         let (name, value) = bearer.header.expect("header");
         assert_eq!(name, header::AUTHORIZATION);

@@ -481,13 +481,35 @@ impl Channel {
 
     /// Send `logout` and end every tab stream. Later publishes are ignored.
     pub fn close(&self) {
-        let mut st = self.lock();
+        let st = self.lock();
+        self.close_locked(st);
+    }
+
+    /// [`Channel::close`], but only if no usable credential is left — one
+    /// lock, so a tab adding its credential meanwhile keeps the channel
+    /// open (and is never refused with a credential nobody tried).
+    pub fn close_if_no_credential(&self) -> bool {
+        let st = self.lock();
+        if st.creds.iter().any(|c| !c.refused) {
+            return false;
+        }
+        self.close_locked(st);
+        true
+    }
+
+    fn close_locked(&self, mut st: MutexGuard<'_, State>) {
         // One lock: no publish can land between the logout and the close.
         self.append(&mut st, &[Trigger::new(trigger::LOGOUT, "1")], &[]);
         st.closed = true;
         drop(st);
         self.wake.send_replace(());
         self.upstream_ready.notify_waiters();
+    }
+
+    /// The upstream reset its ids (an explicit empty `id:`): ids written
+    /// from now on carry no position until it sends a new one.
+    pub fn forget_position(&self) {
+        self.lock().last_pos = None;
     }
 
     /// The upstream has been failing for `signals().down_after`: the tabs

@@ -196,8 +196,11 @@ impl Upstream {
         let mut failures = 0u32;
         loop {
             let Some((key, cred)) = channel.credential() else {
+                if !channel.close_if_no_credential() {
+                    // A tab brought one just now: try it.
+                    continue;
+                }
                 tracing::info!(user = %channel.user(), "backend refused every credential; logging tabs out");
-                channel.close();
                 return End::LoggedOut;
             };
             let req = ConnectRequest {
@@ -334,6 +337,8 @@ impl Upstream {
                             // explicit empty one resets resumption).
                             at.skip = None;
                             at.last_id = if ev.has_id {
+                                // Reset: what ids seal must not outlive it.
+                                channel.forget_position();
                                 None
                             } else if !ev.last_event_id.is_empty() {
                                 Some(ev.last_event_id.clone())

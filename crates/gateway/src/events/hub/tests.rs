@@ -1000,3 +1000,47 @@ async fn a_tab_cut_inside_a_publish_is_resynced_never_silently_short() {
         "nothing to resume from: a resync, never a gap"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_id_reset_stops_sealing_the_old_position() {
+    let script = Arc::new(Script::default());
+    let hub = hub_with(&script, GRACE);
+    let tab = hub.subscribe("alice", "session=a").expect("sub");
+    let mut rx = tab.channel().attach(None).rx;
+    settle().await;
+    send(
+        &script.stream(0),
+        "id: u1\nevent: inbound\ndata: {\"peer\":\"bob\"}\n\n",
+    );
+    settle().await;
+    assert!(
+        frame_ids(&mut rx)
+            .last()
+            .is_some_and(|(_, id)| id.contains('.'))
+    );
+    // An explicit empty id: the backend's ids start over.
+    send(
+        &script.stream(0),
+        "id:\nevent: inbound\ndata: {\"peer\":\"carol\"}\n\n",
+    );
+    settle().await;
+    let after = frame_ids(&mut rx);
+    assert!(
+        !after.is_empty() && after.iter().all(|(_, id)| !id.contains('.')),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_channel_closes_only_when_no_credential_is_left() {
+    let ch = Channel::with_epoch("alice", "e1", 8, 16);
+    let a = ch.add_credential("session=a");
+    ch.refuse_credential(a);
+    // A tab brought a fresh one just before the upstream gave up.
+    let _b = ch.add_credential("session=b");
+    assert!(!ch.close_if_no_credential());
+    assert!(!ch.is_closed());
+    ch.refuse_credential(_b);
+    assert!(ch.close_if_no_credential());
+    assert!(ch.is_closed());
+}
