@@ -106,3 +106,80 @@ async fn another_gateway_with_the_same_key_resumes_and_a_foreign_one_resyncs() {
     let ev = foreign.next().await;
     assert_eq!(ev.event, "resync", "{ev:?}");
 }
+
+/// A gateway on `addr` (a fixed port, to restart on) in front of `env`'s
+/// backend, with `overrides`.
+async fn gateway_on(
+    env: &Env,
+    addr: std::net::SocketAddr,
+    overrides: &[&str],
+) -> std::sync::Arc<ssemux_gateway::Gateway> {
+    let mut sets = vec![format!("backend={}", env.backend.url())];
+    sets.extend(overrides.iter().map(|s| s.to_string()));
+    let cfg = ssemux_gateway::Config::from_parts("", Vec::new(), &sets).expect("config");
+    let gw = ssemux_gateway::Gateway::new(cfg).expect("gateway");
+    // The old listener may take a moment to go: bind with a deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    };
+    tokio::spawn(gw.clone().serve(listener));
+    gw
+}
+
+#[tokio::test]
+async fn a_restart_with_the_shared_key_resumes_every_tab() {
+    let dir = std::env::temp_dir().join(format!("ssemux-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("resume.key");
+    std::fs::write(&key, "restart-test-resume-key-0123456789abcdef").expect("key");
+    let shared = format!("hub.resume_key_file={}", key.display());
+    let env = Env::start(&[]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let first = gateway_on(&env, port, &[&shared, "server.drain_timeout=1s"]).await;
+    let cookies: Vec<String> = ["alice", "bob"].iter().map(|u| env.cookie(u)).collect();
+    let mut lasts = Vec::new();
+    for (user, cookie) in ["alice", "bob"].iter().zip(&cookies) {
+        let mut tab = Tab::open(port, "/events", cookie, None).await.expect("tab");
+        emit(&env, user, "before");
+        lasts.push(
+            tab.until("contact-changed")
+                .await
+                .last()
+                .expect("ev")
+                .id
+                .clone(),
+        );
+    }
+    // The deploy: the gateway goes, an event happens, the new one starts.
+    first.shutdown_token().cancel();
+    assert!(
+        eventually(WAIT, || std::net::TcpStream::connect(port).is_err()).await,
+        "the old gateway stopped listening"
+    );
+    emit(&env, "alice", "during");
+    emit(&env, "bob", "during");
+    let _second = gateway_on(&env, port, &[&shared]).await;
+    for ((user, cookie), last) in ["alice", "bob"].iter().zip(&cookies).zip(&lasts) {
+        let mut back = Tab::open(port, "/events", cookie, Some(last))
+            .await
+            .expect("tab");
+        let ev = back.next().await;
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("thread-updated", "during"),
+            "{user}: exactly the missed trigger first, no resync"
+        );
+        assert_eq!(back.next().await.event, "contact-changed");
+    }
+}
