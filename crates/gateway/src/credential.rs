@@ -608,4 +608,26 @@ mod tests {
         assert_eq!(decode("a%2Fb%zz%4"), "a/b%zz%4");
         assert_eq!(encode("é/ x"), "%C3%A9%2F%20x");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any query string: finding a credential never panics, and what
+        /// is presented can never break the request line.
+        #[test]
+        fn any_query_is_safe_to_read_and_present(query in ".{0,200}") {
+            let s = Sources::parse("query:t, bearer").expect("sources");
+            if let Ok(Some(c)) = s.find(&HeaderMap::new(), &query) {
+                let shown = c.present(&Presentation::AsReceived);
+                let path = shown.path("/e");
+                proptest::prop_assert!(path.bytes().all(|b| b.is_ascii_graphic()), "{}", path);
+                let _ = c.present(&Presentation::In(Place::Bearer));
+            }
+            let _ = decode(&query);
+        }
+    }
 }

@@ -248,4 +248,33 @@ mod tests {
         assert_eq!(split_id("ab-3.tok"), ("ab-3", Some("tok")));
         assert_eq!(split_id("ab-3"), ("ab-3", None));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever a client puts after the `.` of an id, opening it never
+        /// panics, and only what this key sealed for this channel opens.
+        #[test]
+        fn any_token_opens_to_nothing_or_to_what_was_sealed(
+            junk in ".{0,300}",
+            id in "[ -~]{1,60}",
+            index in 0u16..4,
+        ) {
+            let k = ResumeKey::from_secret(&[3u8; 32]).expect("key");
+            proptest::prop_assert_eq!(k.open("alice", &junk), None);
+            let p = pos(&id, None, index, 4);
+            let t = k.seal("alice", &p).expect("sealed");
+            proptest::prop_assert_eq!(k.open("alice", &t), Some(p));
+            // Any one character changed: refused.
+            let mut bytes = t.clone().into_bytes();
+            let at = usize::from(index) % bytes.len();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).expect("ascii");
+            proptest::prop_assert_eq!(k.open("alice", &changed), None);
+        }
+    }
 }
