@@ -773,6 +773,14 @@ pub struct ProxyConfig {
     /// Time allowed for the backend's response head.
     #[serde(with = "duration")]
     pub response_timeout: Duration,
+    /// Most WebSocket connections relayed to the backend at once (requests
+    /// upgraded on proxied paths). Over it a new upgrade is answered `503`
+    /// with `Retry-After`, without contacting the backend.
+    pub max_websockets: usize,
+    /// A relayed WebSocket connection that carries no byte in either
+    /// direction for this long is closed on both sides.
+    #[serde(with = "duration")]
+    pub websocket_idle_timeout: Duration,
 }
 
 /// `[server]`
@@ -866,6 +874,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_request_body: 10 * 1024 * 1024,
             response_timeout: Duration::from_secs(30),
+            max_websockets: 10_000,
+            websocket_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -980,6 +990,9 @@ impl Config {
         }
         if self.hub.max_tabs_per_user == 0 {
             return bad("hub.max_tabs_per_user", "must be at least 1");
+        }
+        if self.proxy.websocket_idle_timeout.is_zero() {
+            return bad("proxy.websocket_idle_timeout", "must be > 0");
         }
         if !self.server.client_ip_header.is_empty()
             && http::HeaderName::from_bytes(self.server.client_ip_header.as_bytes()).is_err()

@@ -43,7 +43,7 @@ pub use events::hub::{Hub, HubError, Subscription};
 pub use events::tab::{TabHold, TabSettings, stream as tab_stream};
 pub use events::tab_conn::respond as tab_respond;
 pub use metrics::Metrics;
-pub use proxy::Proxy;
+pub use proxy::{Proxy, WebsocketSetup};
 pub use server::{Gateway, GatewayError, Reloaded};
 pub use trigger::{LOGOUT, MAX_DATA_BYTES, RESYNC, Trigger, clean_data, valid_name};
 pub use upstream::connector::{ByteStream, ConnectError, ConnectRequest, Connector};

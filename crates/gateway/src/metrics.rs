@@ -113,6 +113,30 @@ impl EncodeLabelValue for AuthResult {
     }
 }
 
+/// What became of a WebSocket upgrade request on a proxied path.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UpgradeOutcome {
+    /// The backend answered `101`; the connection is relayed.
+    Upgraded,
+    /// The backend answered something else, relayed as a normal response.
+    Declined,
+    /// Refused with `503`: `proxy.max_websockets` connections were open.
+    Limited,
+    /// The backend could not be reached or gave no usable answer (`502`/`504`).
+    Failed,
+}
+
+impl EncodeLabelValue for UpgradeOutcome {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(match self {
+            UpgradeOutcome::Upgraded => "upgraded",
+            UpgradeOutcome::Declined => "declined",
+            UpgradeOutcome::Limited => "limited",
+            UpgradeOutcome::Failed => "failed",
+        })
+    }
+}
+
 /// Status class of a proxied response.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct StatusClass(u8);
@@ -152,6 +176,11 @@ struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabel {
     class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: UpgradeOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,6 +240,8 @@ struct Inner {
     auth_cache_hits: Counter,
     proxy_requests: Family<ClassLabel, Counter>,
     proxy_latency: Histogram,
+    websockets_open: Gauge,
+    websocket_upgrades: Family<OutcomeLabel, Counter>,
     fanout_latency: Histogram,
     watermark_advances: Counter,
     watermark_failures: Counter,
@@ -320,6 +351,18 @@ impl Metrics {
                 "ssemux_proxy_latency_seconds",
                 "Time from request to response head for proxied requests",
                 Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            websockets_open: reg(
+                r,
+                "ssemux_websockets_open",
+                "WebSocket connections on proxied paths currently relayed to the backend",
+                Gauge::default(),
+            ),
+            websocket_upgrades: reg(
+                r,
+                "ssemux_websocket_upgrades",
+                "WebSocket upgrade requests on proxied paths, by outcome",
+                Family::default(),
             ),
             fanout_latency: reg(
                 r,
@@ -459,6 +502,24 @@ impl Metrics {
         self.inner.proxy_latency.observe(took.as_secs_f64());
     }
 
+    /// A WebSocket upgrade request on a proxied path ended with `outcome`.
+    pub fn websocket_upgrade(&self, outcome: UpgradeOutcome) {
+        self.inner
+            .websocket_upgrades
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A relayed WebSocket connection opened.
+    pub fn websocket_opened(&self) {
+        self.inner.websockets_open.inc();
+    }
+
+    /// A relayed WebSocket connection ended.
+    pub fn websocket_closed(&self) {
+        self.inner.websockets_open.dec();
+    }
+
     /// One upstream event took `took` from parsed to broadcast.
     pub fn fanout(&self, took: Duration) {
         self.inner.fanout_latency.observe(took.as_secs_f64());
@@ -583,12 +644,13 @@ mod tests {
         m.auth(AuthResult::Ok, false);
         m.proxied(http::StatusCode::OK, Duration::from_millis(1));
         m.fanout(Duration::from_micros(80));
+        m.websocket_upgrade(UpgradeOutcome::Upgraded);
         let text = m.render(Sample::default());
         let helps: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(helps.len(), types, "a metric without HELP in\n{text}");
         // Every metric `new` registers; a new family needs a record above.
-        assert_eq!(types, 19, "metrics rendered:\n{text}");
+        assert_eq!(types, 21, "metrics rendered:\n{text}");
         for line in helps {
             let mut words = line.splitn(4, ' ');
             let help = words.nth(3).unwrap_or("");

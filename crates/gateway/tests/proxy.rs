@@ -340,6 +340,7 @@ fn proxy_cfg(backend: &str) -> Front {
         cfg: ProxyConfig {
             max_request_body: 100 * MB,
             response_timeout: Duration::from_secs(30),
+            ..ProxyConfig::default()
         },
         trusted: TrustedProxies::default(),
     }

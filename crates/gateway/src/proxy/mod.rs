@@ -1,17 +1,27 @@
 //! Reverse proxy: owns forwarding of every request ssemux does not serve
 //! itself to the one configured backend — request-target and framing checks,
 //! hop-by-hop header removal in both directions, `X-Forwarded-*`, the request
-//! body limit and the wait for the backend's response head.
+//! body limit and the wait for the backend's response head. It exists so an
+//! application can put ssemux in front of its whole origin: every route that
+//! is not the events stream must behave as if ssemux were not there.
 //!
 //! Must never buffer a body (both directions stream frame by frame, so an SSE
 //! response on any path passes through as it is produced), never contact any
 //! host but the configured backend whatever the request says, and never panic
 //! on anything a client or the backend sends.
 //!
-//! Upgrade / WebSocket is not supported: `Upgrade` is a hop-by-hop header, so
-//! it is removed and the request is forwarded as an ordinary request (RFC 9110
-//! §7.8 lets a server ignore `Upgrade`); a `101` from the backend anyway
-//! becomes a `502`.
+//! WebSocket (HTTP/1.1 `Upgrade: websocket`) is passed through by
+//! [`websocket`] when the proxy is built [`Proxy::with_websockets`]: the
+//! handshake headers reach the backend, its `101` reaches the client, then
+//! bytes are relayed as they are. h2 extended CONNECT (RFC 8441) is not
+//! supported. Any other `Upgrade` (and every upgrade without
+//! `with_websockets`) is removed as a hop-by-hop header and the request
+//! forwarded as an ordinary one (RFC 9110 §7.8 lets a server ignore
+//! `Upgrade`); a `101` from the backend to such a request becomes a `502`.
+
+mod websocket;
+
+pub use websocket::WebsocketSetup;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -55,6 +65,8 @@ pub struct BodyTooLarge {
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    /// Set by [`Proxy::with_websockets`].
+    websockets: Option<Arc<websocket::Websockets>>,
 }
 
 struct Inner {
@@ -96,18 +108,29 @@ impl Proxy {
                 max_request_body: cfg.max_request_body,
                 response_timeout: cfg.response_timeout,
             }),
+            websockets: None,
         }
     }
 
+    /// Relay WebSocket upgrades on proxied paths as `setup` says. `None`
+    /// when an `https://` backend has no TLS configuration in `setup` or no
+    /// host name a certificate can carry.
+    pub fn with_websockets(mut self, setup: WebsocketSetup) -> Option<Self> {
+        let ws = websocket::Websockets::new(&self.inner.target, setup)?;
+        self.websockets = Some(Arc::new(ws));
+        Some(self)
+    }
+
     /// Forward one request to the backend and return its response, or a short
-    /// `text/plain` error of ssemux's own (400, 405, 413, 502, 504).
+    /// `text/plain` error of ssemux's own (400, 405, 413, 502, 504; 503 for a
+    /// WebSocket upgrade over `proxy.max_websockets`).
     ///
     /// `client_addr` is the TCP peer, `scheme` is `"http"` or `"https"` as the
     /// client used. The body may be hyper's `Incoming` or any other streaming
     /// body; it is never collected.
     pub async fn forward<B>(
         &self,
-        req: Request<B>,
+        mut req: Request<B>,
         client_addr: SocketAddr,
         scheme: &str,
     ) -> Response<Body>
@@ -117,6 +140,14 @@ impl Proxy {
     {
         let inner = &*self.inner;
         let target = &inner.target;
+        let upgrade = match &self.websockets {
+            Some(ws) if websocket::is_upgrade(&req) => Some((
+                ws.clone(),
+                hyper::upgrade::on(&mut req),
+                websocket::request_handshake(req.headers()),
+            )),
+            _ => None,
+        };
         let (mut parts, incoming) = req.into_parts();
         if let Err(reject) = prepare_request(
             &mut parts,
@@ -129,6 +160,10 @@ impl Proxy {
             // Path only: a query string may carry tokens, which must never be logged.
             tracing::debug!(reason = %reject, method = %parts.method, path = %parts.uri.path(), "request refused");
             return reject.response();
+        }
+        if let Some((ws, on_client, kept)) = upgrade {
+            websocket::restore(&mut parts.headers, kept);
+            return ws.relay(parts, on_client, inner.response_timeout).await;
         }
 
         let progress = Arc::new(Progress::new());

@@ -253,7 +253,9 @@ impl Gateway {
             }
             .instrument(span)
         });
-        let conn = builder.serve_connection(io, svc).into_owned();
+        // With upgrades: a WebSocket handshake on a proxied path hands its
+        // connection to the proxy's relay once the `101` is written.
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
         if let Err(e) = watcher.watch(conn).await {
             connection_ended(&self.metrics, peer, &*e);
         }

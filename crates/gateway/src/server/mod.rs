@@ -26,7 +26,7 @@ use crate::events::limit::ConnectLimiter;
 use crate::events::resume::ResumeKey;
 use crate::events::{Events, Streams};
 use crate::metrics::{Metrics, Sample};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, WebsocketSetup};
 use crate::upstream::connector::Connector;
 use crate::upstream::h1_conn::H1Connector;
 use crate::upstream::h2_conn::H2Connector;
@@ -164,13 +164,32 @@ impl Gateway {
             template: cfg.upstream.events_path.clone(),
             backend: backend.clone(),
         };
+        let shutdown = CancellationToken::new();
+        let ws_tls = if backend.is_https() {
+            Some(
+                crate::backend::tls_config(cfg.upstream.extra_ca_pem.as_deref())
+                    .map_err(|e| GatewayError::Client(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let proxy = Proxy::new(
             backend,
             &cfg.proxy,
             &cfg.server.trusted_proxies,
             client.clone(),
-        );
-        let shutdown = CancellationToken::new();
+        )
+        .with_websockets(WebsocketSetup {
+            tls: ws_tls,
+            connect_timeout: cfg.upstream.connect_timeout,
+            max: cfg.proxy.max_websockets,
+            idle_timeout: cfg.proxy.websocket_idle_timeout,
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        })
+        .ok_or_else(|| {
+            GatewayError::Client(format!("cannot relay WebSocket to {}", cfg.backend))
+        })?;
         let events = Events {
             hub_cfg: cfg.hub.clone(),
             auth: auth.clone(),
