@@ -236,6 +236,34 @@ fn load_ca_file(path: &Path) -> Result<RootCertStore, ClientError> {
     Ok(roots)
 }
 
+/// Where a dedicated connection to `authority` goes: the host (an IPv6
+/// literal without the brackets `Authority` keeps) and the port (the
+/// scheme's default when none is written).
+pub fn socket_target(authority: &Authority, https: bool) -> (String, u16) {
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    (host, port)
+}
+
+/// A TLS connector for a dedicated HTTP/1.1 connection to `host` (ALPN
+/// `http/1.1` only: one long stream, or an upgrade, where h2 would need
+/// framing or extended CONNECT), and the name its certificate must carry.
+pub fn h1_tls(
+    mut cfg: rustls::ClientConfig,
+    host: &str,
+) -> Option<(
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,22 +113,12 @@ impl Websockets {
     pub(super) fn new(backend: &BackendUrl, setup: WebsocketSetup) -> Option<Websockets> {
         let https = backend.is_https();
         let authority = &backend.authority;
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        // `Authority` keeps the brackets of an IPv6 literal; connect wants them off.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let (host, port) = crate::backend::socket_target(authority, https);
         let tls = match (https, setup.tls) {
             (false, _) => None,
             (true, None) => return None,
-            (true, Some(mut cfg)) => {
-                // An upgrade needs HTTP/1.1; h2 would need extended CONNECT.
-                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let name = ServerName::try_from(host.clone()).ok()?;
-                Some((TlsConnector::from(Arc::new(cfg)), name))
-            }
+            // An upgrade needs HTTP/1.1; h2 would need extended CONNECT.
+            (true, Some(cfg)) => Some(crate::backend::h1_tls(cfg, &host)?),
         };
         Some(Websockets {
             host,

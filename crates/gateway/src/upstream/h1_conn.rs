@@ -84,23 +84,13 @@ impl H1Connector {
         if authority.as_str().contains('@') {
             return None;
         }
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        // `Uri` keeps the brackets of an IPv6 literal; connect wants them off.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let (host, port) = crate::backend::socket_target(authority, https);
         let tls = match (https, tls) {
             (false, _) => None,
             (true, None) => return None,
-            (true, Some(mut cfg)) => {
-                // One request per connection, one endless response: h2 would
-                // only add framing.
-                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let name = ServerName::try_from(host.clone()).ok()?;
-                Some((TlsConnector::from(Arc::new(cfg)), name))
-            }
+            // One request per connection, one endless response: h2 would
+            // only add framing.
+            (true, Some(cfg)) => Some(crate::backend::h1_tls(cfg, &host)?),
         };
         let head = format!(
             "host: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n",
