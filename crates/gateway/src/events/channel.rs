@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{GapPolicy, HubConfig};
 use crate::credential::Credential;
-use crate::events::resume::{Position, ResumeKey, ResumePoint, split_id};
+use crate::events::resume::{Position, ResumeKey, split_id};
 use crate::metrics::ResyncCause;
 use crate::trigger::{self, Trigger};
 
@@ -288,9 +288,9 @@ impl Channel {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where the upstream resumes: the position the channel's first tab came
-    /// back with, if it can be resumed from.
-    pub fn resume_point(&self) -> Option<ResumePoint> {
+    /// The `Last-Event-ID` the upstream resumes with: the position the
+    /// channel's first tab came back with, if it can be resumed from.
+    pub fn resume_point(&self) -> Option<Arc<str>> {
         self.start.as_ref()?.resume_point()
     }
 

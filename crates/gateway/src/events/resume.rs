@@ -14,50 +14,30 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
-/// Longest upstream ids (this and the previous one together) a position is
-/// made for; longer ones are not resumable (ids stay short on the wire).
-const MAX_IDS_BYTES: usize = 192;
+/// Longest upstream id a position is made for; a longer one is not
+/// resumable (ids stay short on the wire).
+const MAX_ID_BYTES: usize = 192;
 
 /// Where in the upstream a frame stands: trigger `index` (of `total`) of the
-/// upstream event `id`, which followed the event `prev`.
+/// upstream event `id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Position {
     /// The upstream event's id.
     pub id: Arc<str>,
-    /// The id of the upstream event before it, if the stream had one.
-    pub prev: Option<Arc<str>>,
     /// This frame's index among the event's triggers.
     pub index: u16,
     /// How many triggers the event made.
     pub total: u16,
 }
 
-/// Where to resume a stream for a tab that holds a [`Position`]: the
-/// `Last-Event-ID` to send, and the triggers of the first event it brings
-/// back that the tab already had.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResumePoint {
-    /// `Last-Event-ID` for the upstream.
-    pub last_event_id: Arc<str>,
-    /// `(event id, n)`: drop the first `n` triggers of that event if it is
-    /// the first one the upstream replays.
-    pub skip: Option<(Arc<str>, usize)>,
-}
-
 impl Position {
-    /// Where to resume after this frame; `None` when a partly delivered first
-    /// event of a stream leaves nothing to resume from.
-    pub fn resume_point(&self) -> Option<ResumePoint> {
-        if u32::from(self.index) + 1 >= u32::from(self.total) {
-            return Some(ResumePoint {
-                last_event_id: self.id.clone(),
-                skip: None,
-            });
-        }
-        Some(ResumePoint {
-            last_event_id: self.prev.clone()?,
-            skip: Some((self.id.clone(), usize::from(self.index) + 1)),
-        })
+    /// The `Last-Event-ID` to resume the upstream with after this frame:
+    /// its event's id, once the frame is that event's last trigger. A tab
+    /// holding part of an event has nothing exact to resume from. (Only the
+    /// last frame of a publish is sealed, and a publish always ends with a
+    /// whole event, so a sealed position is a whole one.)
+    pub fn resume_point(&self) -> Option<Arc<str>> {
+        (u32::from(self.index) + 1 >= u32::from(self.total)).then(|| self.id.clone())
     }
 }
 
@@ -119,17 +99,13 @@ impl ResumeKey {
 
     /// `pos` sealed for the channel `key`, as id-safe text (base64url).
     pub fn seal(&self, channel_key: &str, pos: &Position) -> Option<String> {
-        let prev = pos.prev.as_deref().unwrap_or("");
-        if pos.id.len() + prev.len() > MAX_IDS_BYTES {
+        if pos.id.len() > MAX_ID_BYTES {
             return None;
         }
-        let mut plain = Vec::with_capacity(8 + pos.id.len() + prev.len() + 16);
+        let mut plain = Vec::with_capacity(4 + pos.id.len() + 16);
         plain.extend_from_slice(&pos.index.to_le_bytes());
         plain.extend_from_slice(&pos.total.to_le_bytes());
-        plain.push(u8::from(pos.prev.is_some()));
-        plain.push(pos.id.len() as u8);
         plain.extend_from_slice(pos.id.as_bytes());
-        plain.extend_from_slice(prev.as_bytes());
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..4].copy_from_slice(&self.prefix);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +126,7 @@ impl ResumeKey {
     /// The position `token` holds, if it was sealed by this key for this
     /// channel key; `None` for anything else.
     pub fn open(&self, channel_key: &str, token: &str) -> Option<Position> {
-        if token.len() > 2 * (MAX_IDS_BYTES + 64) {
+        if token.len() > 2 * (MAX_ID_BYTES + 64) {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
@@ -164,20 +140,11 @@ impl ResumeKey {
             .key
             .open_in_place(nonce, Aad::from(channel_key.as_bytes()), &mut sealed)
             .ok()?;
-        let (head, rest) = plain.split_at_checked(6)?;
-        let index = u16::from_le_bytes([head[0], head[1]]);
-        let total = u16::from_le_bytes([head[2], head[3]]);
-        let has_prev = head[4] == 1;
-        let (id, prev) = rest.split_at_checked(usize::from(head[5]))?;
-        let id: Arc<str> = std::str::from_utf8(id).ok()?.into();
-        let prev = has_prev
-            .then(|| std::str::from_utf8(prev).ok().map(Arc::from))
-            .flatten();
+        let (head, id) = plain.split_at_checked(4)?;
         Some(Position {
-            id,
-            prev,
-            index,
-            total,
+            id: std::str::from_utf8(id).ok()?.into(),
+            index: u16::from_le_bytes([head[0], head[1]]),
+            total: u16::from_le_bytes([head[2], head[3]]),
         })
     }
 }
@@ -195,10 +162,9 @@ pub fn split_id(id: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
 
-    fn pos(id: &str, prev: Option<&str>, index: u16, total: u16) -> Position {
+    fn pos(id: &str, index: u16, total: u16) -> Position {
         Position {
             id: id.into(),
-            prev: prev.map(Arc::from),
             index,
             total,
         }
@@ -207,7 +173,7 @@ mod tests {
     #[test]
     fn sealed_positions_open_only_for_their_channel_and_key() {
         let k = ResumeKey::from_secret(&[7u8; 32]).expect("key");
-        let p = pos("ev-41", Some("ev-40"), 0, 2);
+        let p = pos("ev-41", 0, 2);
         let t = k.seal("alice", &p).expect("sealed");
         assert!(!t.contains("ev-4"), "a position cannot be read: {t}");
         assert_eq!(k.open("alice", &t), Some(p.clone()));
@@ -228,23 +194,16 @@ mod tests {
         for junk in ["", "x", "!!!!", &t[..10], &"A".repeat(5000)] {
             assert_eq!(k.open("alice", junk), None, "{junk:?}");
         }
-        assert!(
-            k.seal("alice", &pos(&"x".repeat(200), None, 0, 1))
-                .is_none()
-        );
+        assert!(k.seal("alice", &pos(&"x".repeat(200), 0, 1)).is_none());
         assert!(ResumeKey::from_secret(b"short").is_err());
     }
 
     #[test]
     fn resume_points() {
         // The last trigger of an event: resume after it.
-        let done = pos("e9", Some("e8"), 1, 2).resume_point().expect("point");
-        assert_eq!((&*done.last_event_id, done.skip), ("e9", None));
-        // Part of an event: resume after the one before, skip what it had.
-        let part = pos("e9", Some("e8"), 0, 2).resume_point().expect("point");
-        assert_eq!(&*part.last_event_id, "e8");
-        assert_eq!(part.skip, Some(("e9".into(), 1)));
-        assert_eq!(pos("e1", None, 0, 2).resume_point(), None);
+        assert_eq!(pos("e9", 1, 2).resume_point().as_deref(), Some("e9"));
+        // Part of an event: nothing exact to resume from.
+        assert_eq!(pos("e9", 0, 2).resume_point(), None);
         assert_eq!(split_id("ab-3.tok"), ("ab-3", Some("tok")));
         assert_eq!(split_id("ab-3"), ("ab-3", None));
     }
@@ -266,7 +225,7 @@ mod tests {
         ) {
             let k = ResumeKey::from_secret(&[3u8; 32]).expect("key");
             proptest::prop_assert_eq!(k.open("alice", &junk), None);
-            let p = pos(&id, None, index, 4);
+            let p = pos(&id, index, 4);
             let t = k.seal("alice", &p).expect("sealed");
             proptest::prop_assert_eq!(k.open("alice", &t), Some(p));
             // Any one character changed: refused.

@@ -50,18 +50,6 @@ struct Kept {
     retry_hint: Option<Duration>,
     /// When the channel's credentials are next asked about again.
     next_recheck: Option<Instant>,
-    /// Triggers of the first event replayed that the resuming tab already
-    /// had: `(its id, how many)`.
-    skip: Option<(Arc<str>, usize)>,
-}
-
-/// Where an upstream event stands in the stream, for its triggers'
-/// positions.
-struct EventAt {
-    id: Arc<str>,
-    prev: Option<Arc<str>>,
-    /// Its first triggers a resuming tab already had.
-    skip: usize,
 }
 
 /// How an upstream task ended.
@@ -177,10 +165,8 @@ impl Upstream {
         let s = &self.settings;
         let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
         // A channel created by a tab coming back resumes where it stood.
-        let resume = channel.resume_point();
         let mut at = Kept {
-            last_id: resume.as_ref().map(|r| r.last_event_id.to_string()),
-            skip: resume.and_then(|r| r.skip),
+            last_id: channel.resume_point().map(|id| id.to_string()),
             retry_hint: None,
             next_recheck: self
                 .recheck
@@ -318,35 +304,19 @@ impl Upstream {
             while let Some(item) = parser.next_item() {
                 match item {
                     Ok(Item::Event(ev)) => {
-                        let prev = at.last_id.take();
-                        // The parser keeps the last id for events without one (as the
-                        // SSE spec does); only an event that carried an id
-                        // has a position of its own.
-                        let from = if ev.has_id && !ev.last_event_id.is_empty() {
+                        if !ev.last_event_id.is_empty() {
                             at.last_id = Some(ev.last_event_id.clone());
-                            Some(EventAt {
-                                id: ev.last_event_id.as_str().into(),
-                                prev: prev.as_deref().map(Arc::from),
-                                skip: match at.skip.take() {
-                                    Some((id, n)) if *id == *ev.last_event_id => n,
-                                    _ => 0,
-                                },
-                            })
-                        } else {
-                            // No id of its own: it resumes nothing (an
-                            // explicit empty one resets resumption).
-                            at.skip = None;
-                            at.last_id = if ev.has_id {
-                                // Reset: what ids seal must not outlive it.
-                                channel.forget_position();
-                                None
-                            } else if !ev.last_event_id.is_empty() {
-                                Some(ev.last_event_id.clone())
-                            } else {
-                                prev
-                            };
-                            None
-                        };
+                        } else if ev.has_id {
+                            // An explicit empty id resets resumption, and
+                            // what ids seal must not outlive it.
+                            at.last_id = None;
+                            channel.forget_position();
+                        }
+                        // The parser keeps the last id for events without
+                        // one (as the SSE spec does); only an event that
+                        // carried an id has a position of its own.
+                        let from = (ev.has_id && !ev.last_event_id.is_empty())
+                            .then(|| Arc::<str>::from(ev.last_event_id.as_str()));
                         self.deliver(channel, cred, &ev.event, &ev.data, from, &mut batch)
                             .await;
                     }
@@ -430,7 +400,7 @@ impl Upstream {
         cred: &Credential,
         event: &str,
         data: &str,
-        from: Option<EventAt>,
+        from: Option<Arc<str>>,
         batch: &mut Batch,
     ) {
         self.metrics.upstream_event(event);
@@ -443,29 +413,15 @@ impl Upstream {
             Translation::Unmatched => {
                 tracing::debug!(user = %channel.user(), event, "upstream event without rule dropped");
             }
-            Translation::Triggers(mut triggers) => {
+            Translation::Triggers(triggers) => {
                 let total = u16::try_from(triggers.len()).unwrap_or(u16::MAX);
-                let mut positions: Vec<Option<Position>> = (0..triggers.len())
-                    .map(|i| {
-                        from.as_ref().map(|f| {
-                            let index = u16::try_from(i).unwrap_or(u16::MAX);
-                            Position {
-                                id: f.id.clone(),
-                                // Only a tab cut inside the event needs the
-                                // one before (ids stay shorter without it).
-                                prev: (u32::from(index) + 1 < u32::from(total))
-                                    .then(|| f.prev.clone())
-                                    .flatten(),
-                                index,
-                                total,
-                            }
-                        })
+                let positions = (0..triggers.len()).map(|i| {
+                    from.as_ref().map(|id| Position {
+                        id: id.clone(),
+                        index: u16::try_from(i).unwrap_or(u16::MAX),
+                        total,
                     })
-                    .collect();
-                // The tab that resumed the channel had these already.
-                let skip = from.as_ref().map_or(0, |f| f.skip).min(triggers.len());
-                triggers.drain(..skip);
-                positions.drain(..skip);
+                });
                 let due = self
                     .watermarks
                     .as_ref()
