@@ -442,11 +442,8 @@ fn extract(place: &Place, headers: &HeaderMap, query: &str) -> Option<String> {
 }
 
 /// The one value of query parameter `name`, as written.
-fn raw_query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    let mut found = query.split('&').filter_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (decode(k) == name).then_some(v)
-    });
+fn raw_query_value<'a>(query: &'a str, name: &'a str) -> Option<&'a str> {
+    let mut found = raw_query_values(query, name);
     let v = found.next()?;
     // Only characters a request target may carry, or it is re-encoded.
     let safe = v.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
@@ -455,9 +452,14 @@ fn raw_query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 
 /// Every percent-decoded value of query parameter `name`.
 pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    raw_query_values(query, name).map(decode)
+}
+
+/// Every value of query parameter `name` (matched decoded), as written.
+fn raw_query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     query.split('&').filter_map(move |kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (decode(k) == name).then(|| decode(v))
+        (decode(k) == name).then_some(v)
     })
 }
 
