@@ -33,22 +33,9 @@ async fn traffic_moves_the_counters() {
     assert_eq!(value(&before, "ssemux_upstream_connects_total"), Some(0.0));
 
     let alice = env.cookie("alice");
-    let mut t1 = env.tab(&alice).await;
-    let mut t2 = env.tab(&alice).await;
-    assert!(
-        env.backend
-            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
-            .await
-    );
-    env.backend.send_message("bob", "alice", "hi");
-    for t in [&mut t1, &mut t2] {
-        t.until("contact-changed").await;
-    }
-    // A tab coming back with an id from another epoch gets a resync.
-    let mut t3 = Tab::open(env.addr, "/events", &alice, Some("deadbeef-3"))
-        .await
-        .expect("tab");
-    assert_eq!(t3.next().await.event, "resync");
+    // Two tabs and a message; a tab coming back with an id from another
+    // epoch gets a resync.
+    let [mut t1, _t2, _t3] = env.alice_traffic().await;
     // The backend's own resync fans out as a trigger.
     env.backend.emit("alice", "resync", "{}");
     t1.until("resync").await;

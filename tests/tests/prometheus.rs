@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, Tab, WAIT, request};
+use common::{Env, WAIT, request};
 use http::StatusCode;
 use serde_json::Value;
 
@@ -355,22 +355,8 @@ async fn dashboard_and_alerts_name_series_prometheus_stores() {
     // appears once something was counted under it.
     let env = Env::start(&[]).await;
     let alice = env.cookie("alice");
-    let mut t1 = env.tab(&alice).await;
-    let mut t2 = env.tab(&alice).await;
-    assert!(
-        env.backend
-            .wait_until(WAIT, |b| b.open_streams("alice") == 1)
-            .await
-    );
-    env.backend.send_message("bob", "alice", "hi");
-    for t in [&mut t1, &mut t2] {
-        t.until("contact-changed").await;
-    }
-    // Another epoch's id: a resync (cause epoch).
-    let mut t3 = Tab::open(env.addr, "/events", &alice, Some("deadbeef-3"))
-        .await
-        .expect("tab");
-    assert_eq!(t3.next().await.event, "resync");
+    // Two tabs and a message; another epoch's id: a resync (cause epoch).
+    let tabs = env.alice_traffic().await;
     // A proxied request, and an upstream that ends (reason eof) and is
     // reopened.
     let (s, _, _) = request(env.addr, "GET", "/api/v1/me", &[("cookie", &alice)], "").await;
@@ -533,5 +519,5 @@ async fn dashboard_and_alerts_name_series_prometheus_stores() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop((t1, t2, t3));
+    drop(tabs);
 }

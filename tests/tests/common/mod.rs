@@ -65,6 +65,29 @@ impl Env {
         addr
     }
 
+    /// The traffic that puts series under the common metric labels: two
+    /// tabs of alice that both got one message (one upstream), and a third
+    /// that came with another epoch's id and got its `resync`.
+    pub async fn alice_traffic(&self) -> [Tab; 3] {
+        let alice = self.cookie("alice");
+        let mut t1 = self.tab(&alice).await;
+        let mut t2 = self.tab(&alice).await;
+        assert!(
+            self.backend
+                .wait_until(WAIT, |b| b.open_streams("alice") == 1)
+                .await
+        );
+        self.backend.send_message("bob", "alice", "hi");
+        for t in [&mut t1, &mut t2] {
+            t.until("contact-changed").await;
+        }
+        let mut t3 = Tab::open(self.addr, "/events", &alice, Some("deadbeef-3"))
+            .await
+            .expect("tab");
+        assert_eq!(t3.next().await.event, "resync");
+        [t1, t2, t3]
+    }
+
     /// A session cookie header for `user`.
     pub fn cookie(&self, user: &str) -> String {
         format!("session={}", self.backend.create_session(user))
