@@ -45,19 +45,6 @@ async fn gateway(name: &str, backend: &str, extra: &[String]) -> (Arc<Gateway>, 
     (gw, addr)
 }
 
-/// Polls `cond` (a mock counter has no watch channel) until it holds, at
-/// most [`WAIT`].
-async fn until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
 #[test]
 fn the_posta_profile_is_the_built_in_contract() {
     let from_profile = Config::from_parts(&profile("posta"), Vec::new(), &[]).expect("loads");
@@ -109,7 +96,7 @@ async fn cloud_share_receivers_share_one_stream_and_catch_up_after_a_drop() {
     // own reconnect and /queue refresh bring the item.
     let refreshes: Vec<usize> = receivers.iter().map(|r| r.refreshes()).collect();
     mock.drop_streams();
-    assert!(until(|| mock.open_streams() == 0).await);
+    assert!(seeds::until(WAIT, || mock.open_streams() == 0).await);
     let missed = mock.add_item("while-away.txt");
     for (r, before) in receivers.iter().zip(refreshes) {
         assert!(
@@ -121,7 +108,10 @@ async fn cloud_share_receivers_share_one_stream_and_catch_up_after_a_drop() {
             r.view()
         );
     }
-    assert!(until(|| mock.open_streams() == 1).await, "still one stream");
+    assert!(
+        seeds::until(WAIT, || mock.open_streams() == 1).await,
+        "still one stream"
+    );
     assert!(mock.delete(&id));
     for r in &receivers {
         assert!(
@@ -210,7 +200,7 @@ async fn fastapi_sessions_get_their_own_events_as_sent() {
 
     // The service drops its streams: ssemux reconnects, the tabs stay.
     mock.drop_streams();
-    assert!(until(|| mock.streams_opened_for(&s1) == 2).await);
+    assert!(seeds::until(WAIT, || mock.streams_opened_for(&s1) == 2).await);
     mock.send_event(&s1, "syncProgress", "90");
     for c in &a {
         assert!(c.wait_for(WAIT, |_| c.progress() == Some(90)).await);
@@ -282,13 +272,13 @@ async fn synckit_gets_one_stream_per_user_and_app_and_pulls_after_a_drop() {
     // SyncKit drops its streams; a push lands while ssemux is away. The gap
     // is told as `changed`, whose pull catches the device up.
     mock.drop_streams();
-    assert!(until(|| mock.open_streams() == 0).await);
+    assert!(seeds::until(WAIT, || mock.open_streams() == 0).await);
     mock.push("alice", "notes");
     for c in &alice_notes {
         assert!(c.wait_for(WAIT, |v| v.pulled == 2).await, "{:?}", c.view());
         assert_eq!(c.reconnects(), 0, "the device never saw the drop");
     }
-    assert!(until(|| mock.open_streams() == 3).await);
+    assert!(seeds::until(WAIT, || mock.open_streams() == 3).await);
 
     // Refused: a token SyncKit did not sign, an expired one, no app_id.
     let forged = synckit::sign(

@@ -15,19 +15,6 @@ use serde_json::json;
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Polls a mock's counter (they have no watch channel) until `cond` holds,
-/// at most [`WAIT`].
-async fn until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
 /// The exact bytes of one stream: opened, fed by `emit` once the mock
 /// counts it open, then ended by `end` so the body can be read whole.
 async fn wire(
@@ -43,7 +30,10 @@ async fn wire(
     let fetch = tokio::spawn(async move {
         eventsource::fetch(&base, "GET", &path, &headers, Bytes::new()).await
     });
-    assert!(until(|| open() == before + 1).await, "stream opens");
+    assert!(
+        seeds::until(WAIT, || open() == before + 1).await,
+        "stream opens"
+    );
     emit();
     end();
     let (status, body) = fetch.await.unwrap().expect("response");
@@ -149,7 +139,7 @@ async fn cloud_share_receiver_follows_the_queue() {
 
     drop(rx);
     assert!(
-        until(|| mock.open_streams() == 0).await,
+        seeds::until(WAIT, || mock.open_streams() == 0).await,
         "hyper notices the close"
     );
 }
@@ -371,7 +361,7 @@ async fn fastapi_unknown_session_never_opens_and_gives_up_after_five() {
 
     // `sse.reconnect()` tries once more even after giving up.
     client.reconnect();
-    assert!(until(|| mock.refusals() == 7).await);
+    assert!(seeds::until(WAIT, || mock.refusals() == 7).await);
     assert!(client.wait_for(WAIT, |v| v.gave_up).await);
 
     let headerless = EventSource::new(mock.addr(), fastapi_sse::SUBSCRIBE);
@@ -493,7 +483,7 @@ async fn synckit_changed_triggers_a_pull_for_that_pair_only() {
     assert_eq!((alice.pulls(), alice.view().pull_errors), (4, 0));
 
     drop(alice);
-    assert!(until(|| mock.streams_for("alice", "notes") == 0).await);
+    assert!(seeds::until(WAIT, || mock.streams_for("alice", "notes") == 0).await);
     assert_eq!(mock.streams_for("bob", "notes"), 1);
 }
 

@@ -37,6 +37,19 @@ pub async fn wait_on<T>(
     )
 }
 
+/// Polls `cond` — a mock's counter, which has no watch channel — until it
+/// holds, at most `within`; returns whether it held.
+pub async fn until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 /// A poisoned lock only means another test thread panicked; the data is
 /// still what the mocks need, and they must not panic in turn.
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
