@@ -583,6 +583,16 @@ pub struct UpstreamConfig {
     /// A connection that stayed up this long resets the backoff.
     #[serde(with = "duration")]
     pub backoff_reset_after: Duration,
+    /// Failed connects in a row, over all users, after which the backend
+    /// counts as down for everyone: users stop backing off each on their
+    /// own and wait while one connect at a time probes it; when a probe is
+    /// answered all are released at `connects_per_second`. `0` = off.
+    pub circuit_after: u32,
+    /// Longest time between two probes while the backend is down (they
+    /// start `backoff_min` apart and double up to this): the most a user
+    /// waits after the backend is back, before the connect pacing.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
     /// Largest upstream event accepted; bigger ones are skipped and cause a `resync`.
     pub max_event_bytes: usize,
     /// Time allowed to open the TCP/TLS connection.
@@ -633,6 +643,8 @@ impl Default for UpstreamConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             backoff_reset_after: Duration::from_secs(60),
+            circuit_after: 3,
+            probe_interval: Duration::from_secs(1),
             max_event_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(15),
@@ -1019,6 +1031,12 @@ impl Config {
         }
         if self.upstream.idle_timeout.is_zero() {
             return bad("upstream.idle_timeout", "must be more than 0");
+        }
+        if self.upstream.probe_interval < self.upstream.backoff_min {
+            return bad(
+                "upstream.probe_interval",
+                "must be at least upstream.backoff_min",
+            );
         }
         if self.upstream.h2_streams_per_connection == 0 {
             return bad("upstream.h2_streams_per_connection", "must be at least 1");

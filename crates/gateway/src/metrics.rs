@@ -242,6 +242,8 @@ struct Inner {
     proxy_latency: Histogram,
     websockets_open: Gauge,
     websocket_upgrades: Family<OutcomeLabel, Counter>,
+    circuit_open: Gauge,
+    circuit_probes: Counter,
     fanout_latency: Histogram,
     watermark_advances: Counter,
     watermark_failures: Counter,
@@ -363,6 +365,18 @@ impl Metrics {
                 "ssemux_websocket_upgrades",
                 "WebSocket upgrade requests on proxied paths, by outcome",
                 Family::default(),
+            ),
+            circuit_open: reg(
+                r,
+                "ssemux_upstream_circuit_open",
+                "Whether the backend is failing for every user and connects wait for a probe (1) or not (0)",
+                Gauge::default(),
+            ),
+            circuit_probes: reg(
+                r,
+                "ssemux_upstream_circuit_probes",
+                "Connects made as the circuit's probe while it was open",
+                Counter::default(),
             ),
             fanout_latency: reg(
                 r,
@@ -520,6 +534,16 @@ impl Metrics {
         self.inner.websockets_open.dec();
     }
 
+    /// The upstream circuit opened (`true`) or closed.
+    pub fn circuit(&self, open: bool) {
+        self.inner.circuit_open.set(i64::from(open));
+    }
+
+    /// A connect was made as the circuit's probe.
+    pub fn circuit_probe(&self) {
+        self.inner.circuit_probes.inc();
+    }
+
     /// One upstream event took `took` from parsed to broadcast.
     pub fn fanout(&self, took: Duration) {
         self.inner.fanout_latency.observe(took.as_secs_f64());
@@ -650,7 +674,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(helps.len(), types, "a metric without HELP in\n{text}");
         // Every metric `new` registers; a new family needs a record above.
-        assert_eq!(types, 21, "metrics rendered:\n{text}");
+        assert_eq!(types, 23, "metrics rendered:\n{text}");
         for line in helps {
             let mut words = line.splitn(4, ' ');
             let help = words.nth(3).unwrap_or("");

@@ -143,6 +143,7 @@ impl Gateway {
         )
         .with_metrics(metrics.clone())
         .with_connect_rate(cfg.upstream.connects_per_second)
+        .with_circuit(cfg.upstream.circuit_after, cfg.upstream.probe_interval)
         .with_presentation(cfg.auth.present_as.clone());
         // In `upstream` mode the stream's own answer is the check.
         let upstream =

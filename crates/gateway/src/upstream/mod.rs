@@ -5,6 +5,7 @@
 //! touches the hub's map and never decides a user's identity.
 
 pub mod backoff;
+pub mod circuit;
 pub mod connector;
 pub mod h1_conn;
 pub mod h2_conn;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
+use self::circuit::{Change, Circuit, Outcome, Turn};
 use self::connector::{ByteStream, ConnectError, ConnectRequest, Connector, CredentialCheck};
 use self::pacer::Pacer;
 use self::translate::{Rules, Translation};
@@ -102,6 +104,8 @@ pub struct Upstream {
     watermarks: Option<Watermarks>,
     metrics: Metrics,
     pacer: Pacer,
+    /// Queues every user's connects while the backend is down for all.
+    circuit: Circuit,
     /// Re-asks the backend about every credential of a channel, on each
     /// reconnect and every `recheck_interval` (revoked sessions).
     recheck: Option<(Arc<dyn CredentialCheck>, Duration)>,
@@ -124,6 +128,7 @@ impl Upstream {
             watermarks,
             metrics: Metrics::default(),
             pacer: Pacer::new(0),
+            circuit: Circuit::off(),
             recheck: None,
             present_as: Presentation::AsReceived,
         }
@@ -147,6 +152,32 @@ impl Upstream {
     pub fn with_connect_rate(mut self, per_second: u32) -> Self {
         self.pacer = Pacer::new(per_second);
         self
+    }
+
+    /// Share one circuit between all users' connects: after `open_after`
+    /// failed connects in a row (`0`: never) users wait in one queue while
+    /// one of them at a time probes, at most every `probe_max`, and all are
+    /// released (at the connect rate) when a probe is answered.
+    pub fn with_circuit(mut self, open_after: u32, probe_max: Duration) -> Self {
+        self.circuit = Circuit::new(open_after, self.settings.backoff_min, probe_max);
+        self
+    }
+
+    /// Record a change of the circuit's state.
+    fn circuit_changed(&self, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Opened => {
+                self.metrics.circuit(true);
+                tracing::warn!(
+                    "backend failing for every user; connects wait while one at a time probes"
+                );
+            }
+            Change::Closed => {
+                self.metrics.circuit(false);
+                tracing::info!("backend answered a probe; waiting users released");
+            }
+        }
     }
 
     /// The handle through which the rules can be replaced while running.
@@ -195,6 +226,23 @@ impl Upstream {
                 credential: cred.present(&self.present_as),
                 last_event_id: at.last_id.clone(),
             };
+            // While the backend is down for everyone, wait in the circuit's
+            // queue: released when it is back, or chosen to probe it.
+            let probe = if self.circuit.is_open() {
+                let turn = tokio::select! {
+                    _ = cancel.cancelled() => return End::Cancelled,
+                    t = announce_outage(&channel, down_since, self.circuit.turn()) => t,
+                };
+                match turn {
+                    Turn::Released => None,
+                    Turn::Probe(p) => {
+                        self.metrics.circuit_probe();
+                        Some(p)
+                    }
+                }
+            } else {
+                None
+            };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
                 r = announce_outage(&channel, down_since, async {
@@ -202,6 +250,17 @@ impl Upstream {
                     self.connector.connect(req).await
                 }) => r,
             };
+            let outcome = match &result {
+                Ok(_) | Err(ConnectError::Unauthorized(_)) => Outcome::Answered,
+                // A refusal of this request (a 404 for one key's path) says
+                // the backend is up.
+                Err(ConnectError::Status(s)) if s.is_client_error() => Outcome::Answered,
+                Err(_) => Outcome::Failed,
+            };
+            self.circuit_changed(match probe {
+                Some(p) => p.finish(outcome),
+                None => self.circuit.record(outcome),
+            });
             match result {
                 Ok(stream) => {
                     self.metrics.upstream_opened(connected_before);
@@ -260,6 +319,10 @@ impl Upstream {
                     failures += 1;
                     tracing::warn!(user = %channel.user(), error = %e, failures, "upstream connect failed");
                 }
+            }
+            if self.circuit.is_open() {
+                // The circuit decides when to try again.
+                continue;
             }
             let delay = backoff.next_delay().max(at.retry_hint.unwrap_or_default());
             tokio::select! {

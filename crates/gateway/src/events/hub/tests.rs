@@ -25,6 +25,8 @@ struct Script {
     fail: Mutex<VecDeque<ConnectError>>,
     /// Sender of each successful connect's stream, in order.
     streams: Mutex<Vec<(String, Tx)>>,
+    /// While set, every connect is refused with 503 (the backend is down).
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Script {
@@ -71,6 +73,9 @@ impl Connector for Conn {
                 .push((Instant::now(), req.clone()));
             if let Some(e) = script.fail.lock().expect("lock").pop_front() {
                 return Err(e);
+            }
+            if script.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ConnectError::Status(http::StatusCode::SERVICE_UNAVAILABLE));
             }
             let (tx, rx) = mpsc::unbounded_channel();
             script.streams.lock().expect("lock").push((req.user, tx));
@@ -524,6 +529,81 @@ async fn reconnect_storm_is_paced_across_users() {
         last - dropped_at
     );
     drop(tabs);
+}
+
+/// The backend is down for everyone for 30 s. With the circuit, the users
+/// stop retrying each on their own: during the outage the backend sees about
+/// one failed connect per user plus one probe a second, and once it is back
+/// every user is connected within a probe interval plus users ÷ rate.
+#[tokio::test(start_paused = true)]
+async fn long_outage_is_probed_from_one_place_and_users_come_back_paced() {
+    const USERS: usize = 500;
+    const RATE: u32 = 100;
+    const PROBE: Duration = Duration::from_secs(1);
+    let outage = Duration::from_secs(30);
+    for circuit in [true, false] {
+        let script = Arc::new(Script::default());
+        let upstream = Upstream::new(
+            Arc::new(Conn(script.clone())),
+            Arc::new(Rules::default()),
+            settings(),
+            None,
+        )
+        .with_connect_rate(RATE)
+        .with_circuit(if circuit { 3 } else { 0 }, PROBE);
+        let hub = Hub::new(
+            HubConfig {
+                grace: GRACE,
+                ring_size: 8,
+                max_lag_frames: 8,
+                max_tabs_per_user: 1,
+                max_total_tabs: USERS,
+                ..HubConfig::default()
+            },
+            upstream,
+        );
+        let tabs: Vec<_> = (0..USERS)
+            .map(|i| hub.subscribe(&format!("user{i}"), "c").expect("tab"))
+            .collect();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(script.call_count(), USERS);
+        script.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        script.streams.lock().expect("lock").clear();
+        tokio::time::sleep(outage).await;
+        settle().await;
+        let during = script.call_count() - USERS;
+        let back = Instant::now();
+        script
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let users: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
+        let all_back = |script: &Script| users.iter().all(|u| script.open_streams(u) == 1);
+        let limit = back + Duration::from_secs(60);
+        while !all_back(&script) && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = Instant::now() - back;
+        assert!(all_back(&script), "circuit {circuit}: every user is back");
+        if circuit {
+            // One failed connect each (those already paced when it
+            // opened), then one probe a second at most.
+            assert!(
+                during <= USERS + outage.as_secs() as usize + 2,
+                "{during} connects during the outage"
+            );
+            let goal = PROBE
+                + Duration::from_secs(USERS as u64 / u64::from(RATE))
+                + Duration::from_millis(200);
+            assert!(took <= goal, "all back after {took:?}, goal {goal:?}");
+        } else {
+            // What the circuit is for: each user retries on its own, and
+            // the last ones wait out most of a 30 s backoff.
+            assert!(during > 2 * USERS, "{during} connects during the outage");
+            assert!(took > Duration::from_secs(10), "all back after {took:?}");
+        }
+        drop(tabs);
+    }
 }
 
 /// A custom rule set that forgot `resync` still forwards the upstream's
