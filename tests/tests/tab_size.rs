@@ -83,7 +83,6 @@ fn hub() -> Hub {
     let settings = HubConfig {
         grace: Duration::from_secs(10),
         ring_size: 256,
-        max_lag_frames: 1024,
         max_tabs_per_user: 100_000,
         max_total_tabs: 100_000,
         ..HubConfig::default()

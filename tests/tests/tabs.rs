@@ -327,14 +327,14 @@ impl SlowTab {
 #[tokio::test]
 async fn a_slow_tab_gets_resync_and_never_holds_back_the_others() {
     // The write timeout must not cut the slow tab during this test.
-    let env = Env::start(&["server.write_timeout=5m"]).await;
+    let env = Env::start(&["server.write_timeout=5m", "hub.max_lag_bytes=262144"]).await;
     let (cookie, mut fast1) = connected(&env, "alice").await;
     let mut fast2 = env.tab(&cookie).await;
     let slow = SlowTab::open(&env, &cookie).await;
     assert!(wait_for(WAIT, || env.gateway.hub().tabs("alice") == 3).await);
 
     // Large triggers, so the slow tab's socket and the server's write buffer
-    // fill long before the ring's limit (1024) is passed.
+    // fill long before the channel's lag budget (256 KiB) is passed.
     let pad = "x".repeat(400);
     let total = 10_000u64;
     let batch = 250u64;
@@ -353,12 +353,13 @@ async fn a_slow_tab_gets_resync_and_never_holds_back_the_others() {
         max_backlog = max_backlog.max(channel.backlog());
     }
     // What the slow tab pins in the channel is bounded by configuration, not
-    // by how far behind it is: the ring holds at most
-    // max(hub.ring_size, hub.max_lag_frames) = 1024 frames of < 640 B (a
-    // ~420 B trigger and its id with the sealed upstream position).
-    assert!(max_backlog <= 1024, "backlog {max_backlog}");
+    // by how far behind it is: the replay ring (hub.ring_size = 256 frames
+    // of < 640 B: a ~420 B trigger and its id with the sealed upstream
+    // position) plus hub.max_lag_bytes.
+    let bound = 256 * 640 + 262_144;
+    assert!(max_backlog <= bound / 400, "backlog {max_backlog}");
     assert!(
-        channel.ring_bytes() <= 1024 * 640,
+        channel.ring_bytes() <= bound,
         "ring {}",
         channel.ring_bytes()
     );

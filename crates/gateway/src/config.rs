@@ -153,29 +153,18 @@ pub fn origin(
     env: &BTreeMap<String, String>,
     overrides: &[String],
 ) -> Option<Origin> {
-    let renamed_from: Vec<&str> = RENAMED
-        .iter()
-        .filter(|(_, new)| *new == key)
-        .map(|(old, _)| *old)
-        .collect();
-    let names: Vec<&str> = std::iter::once(key).chain(renamed_from).collect();
     for o in overrides.iter().rev() {
         if let Some((k, _)) = o.split_once('=')
-            && names.contains(&k.trim())
+            && k.trim() == key
         {
             return Some(Origin::Flag(o.clone()));
         }
     }
-    for n in &names {
-        let var = env_name(n);
-        if let Some(v) = env.get(&var) {
-            return Some(Origin::Env(var, v.clone()));
-        }
+    let var = env_name(key);
+    if let Some(v) = env.get(&var) {
+        return Some(Origin::Env(var, v.clone()));
     }
-    names
-        .iter()
-        .find_map(|n| line_of(text, n))
-        .map(Origin::File)
+    line_of(text, key).map(Origin::File)
 }
 
 /// The 1-based line of `key` in a TOML text: `k = …` under its table
@@ -255,9 +244,19 @@ pub struct Config {
     pub deprecated: Vec<String>,
 }
 
-/// Keys renamed since they were introduced: (old, new). The old spelling
-/// still works in the file, the environment and `--set`, with a warning.
-const RENAMED: &[(&str, &str)] = &[("hub.broadcast_buffer", "hub.max_lag_frames")];
+/// Keys no longer used: (key, what replaced it). Still accepted in the
+/// file, the environment and `--set`, so an old configuration starts, with
+/// a warning that the value is ignored.
+const RETIRED: &[(&str, &str)] = &[
+    (
+        "hub.max_lag_frames",
+        "a tab now lags by time and bytes: `hub.max_lag`, `hub.max_lag_bytes`",
+    ),
+    (
+        "hub.broadcast_buffer",
+        "a tab now lags by time and bytes: `hub.max_lag`, `hub.max_lag_bytes`",
+    ),
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -672,10 +671,14 @@ pub struct HubConfig {
     pub retry_hint: Duration,
     /// Encoded triggers kept per user for `Last-Event-ID` replay.
     pub ring_size: usize,
-    /// How far a live tab may fall behind its channel, in frames, before it
-    /// gets `resync`; the ring never holds more than this (or `ring_size`).
-    /// Formerly `broadcast_buffer` (still read, with a warning).
-    pub max_lag_frames: usize,
+    /// A live tab that has not caught up for this long (its oldest frame not
+    /// yet written is older) gets `resync` instead of the frames it missed.
+    #[serde(with = "duration")]
+    pub max_lag: Duration,
+    /// Most bytes a user's channel keeps, beyond its replay ring, for tabs
+    /// that have not taken them yet; past it the oldest go and the tabs that
+    /// needed them get `resync`. Bounds what one slow tab can cost.
+    pub max_lag_bytes: usize,
     /// Most tabs one user may hold open; beyond → `429`.
     pub max_tabs_per_user: usize,
     /// Most tabs in total; beyond → `503`. `0` = derive from the process's
@@ -730,7 +733,8 @@ impl Default for HubConfig {
             keepalive: Duration::from_secs(15),
             retry_hint: Duration::from_secs(2),
             ring_size: 256,
-            max_lag_frames: 1024,
+            max_lag: Duration::from_secs(5),
+            max_lag_bytes: 4 << 20,
             max_tabs_per_user: 64,
             max_total_tabs: 0,
             on_gap: GapPolicy::Resync,
@@ -921,19 +925,17 @@ impl Config {
         let known = known_keys();
         let env: BTreeMap<String, String> = env.into_iter().collect();
         let mut deprecated = Vec::new();
-        let mut renamed = |old: &str, new: &str, how: &str| {
-            deprecated.push(format!("`{old}` ({how}) is deprecated: use `{new}`"));
+        let mut retired = |key: &str, instead: &str, how: &str| {
+            deprecated.push(format!(
+                "`{key}` ({how}) is no longer used and is ignored; {instead}"
+            ));
         };
-        for (old, new) in RENAMED {
-            if let Some(v) = take_path(&mut table, old) {
-                renamed(old, new, "in the file");
-                if get_path(&table, new).is_none() {
-                    put_path(&mut table, new, v);
-                }
+        for (key, instead) in RETIRED {
+            if take_path(&mut table, key).is_some() {
+                retired(key, instead, "in the file");
             }
-            if let Some(v) = env.get(&env_name(old)) {
-                renamed(old, new, &env_name(old));
-                set_path(&mut table, new, v);
+            if env.contains_key(&env_name(key)) {
+                retired(key, instead, &env_name(key));
             }
         }
         for key in &known {
@@ -946,10 +948,10 @@ impl Config {
             let (k, v) = o
                 .split_once('=')
                 .ok_or_else(|| ConfigError::Override(o.clone()))?;
-            let mut k = k.trim();
-            if let Some((old, new)) = RENAMED.iter().find(|(old, _)| *old == k) {
-                renamed(old, new, "--set");
-                k = new;
+            let k = k.trim();
+            if let Some((key, instead)) = RETIRED.iter().find(|(key, _)| *key == k) {
+                retired(key, instead, "--set");
+                continue;
             }
             if !known.iter().any(|kk| kk == k) {
                 return Err(ConfigError::UnknownKey(k.to_string()));
@@ -997,8 +999,11 @@ impl Config {
         if self.hub.ring_size == 0 {
             return bad("hub.ring_size", "must be at least 1");
         }
-        if self.hub.max_lag_frames == 0 {
-            return bad("hub.max_lag_frames", "must be at least 1");
+        if self.hub.max_lag.is_zero() {
+            return bad("hub.max_lag", "must be more than 0");
+        }
+        if self.hub.max_lag_bytes < 1024 {
+            return bad("hub.max_lag_bytes", "must be at least 1024");
         }
         if self.hub.max_tabs_per_user == 0 {
             return bad("hub.max_tabs_per_user", "must be at least 1");
@@ -1301,17 +1306,6 @@ fn put_path(table: &mut toml::Table, key: &str, value: toml::Value) {
     }
 }
 
-fn get_path<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let (parent, last) = match key.rsplit_once('.') {
-        Some((p, l)) => (
-            p.split('.').try_fold(table, |t, k| t.get(k)?.as_table())?,
-            l,
-        ),
-        None => (table, key),
-    };
-    parent.get(last)
-}
-
 fn take_path(table: &mut toml::Table, key: &str) -> Option<toml::Value> {
     let (parent, last) = match key.rsplit_once('.') {
         Some((p, l)) => (
@@ -1421,27 +1415,19 @@ mod tests {
     }
 
     #[test]
-    fn a_renamed_key_still_works_with_a_warning() {
-        let cfg = Config::from_parts("[hub]\nbroadcast_buffer = 77\n", none(), &[]).expect("loads");
-        assert_eq!(cfg.hub.max_lag_frames, 77);
+    fn a_retired_key_is_ignored_with_a_warning() {
+        let cfg = Config::from_parts("[hub]\nmax_lag_frames = 77\n", none(), &[]).expect("loads");
+        assert_eq!(cfg.hub, HubConfig::default());
         assert_eq!(cfg.deprecated.len(), 1, "{:?}", cfg.deprecated);
-        assert!(cfg.deprecated[0].contains("hub.max_lag_frames"));
+        assert!(cfg.deprecated[0].contains("hub.max_lag_bytes"));
         let env = vec![("SSEMUX_HUB_BROADCAST_BUFFER".to_string(), "88".to_string())];
         let cfg = Config::from_parts("", env, &[]).expect("loads");
-        assert_eq!(cfg.hub.max_lag_frames, 88);
+        assert_eq!(cfg.deprecated.len(), 1, "{:?}", cfg.deprecated);
+        assert!(cfg.deprecated[0].contains("SSEMUX_HUB_BROADCAST_BUFFER"));
         let cfg =
             Config::from_parts("", none(), &["hub.broadcast_buffer=99".into()]).expect("loads");
-        assert_eq!(cfg.hub.max_lag_frames, 99);
         assert_eq!(cfg.deprecated.len(), 1);
-        // The new name wins over the old one in the same file.
-        let both = "[hub]\nbroadcast_buffer = 5\nmax_lag_frames = 6\n";
-        assert_eq!(
-            Config::from_parts(both, none(), &[])
-                .expect("loads")
-                .hub
-                .max_lag_frames,
-            6
-        );
+        assert!(cfg.deprecated[0].contains("--set"));
         assert!(Config::default().deprecated.is_empty());
     }
 

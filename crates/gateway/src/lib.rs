@@ -38,7 +38,7 @@ pub use config::{
 pub use cookie::{MAX_COOKIE_BYTES, cookie_count, cookie_header, cookie_value};
 pub use credential::{Credential, Place, Presentation, Presented, Sources};
 pub use events::auth::{AuthError, Identity};
-pub use events::channel::{Attach, Channel, Follower, RecvError, Subject, TryRecvError};
+pub use events::channel::{Attach, Channel, Follower, Lag, RecvError, Subject, TryRecvError};
 pub use events::hub::{Hub, HubError, Subscription};
 pub use events::tab::{TabHold, TabSettings, stream as tab_stream};
 pub use events::tab_conn::respond as tab_respond;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use proptest::prelude::*;
 use ssemux_gateway::{
-    ByteStream, Channel, ConnectError, ConnectRequest, Connector, MAX_DATA_BYTES, Rule, Rules,
+    ByteStream, Channel, ConnectError, ConnectRequest, Connector, Lag, MAX_DATA_BYTES, Rule, Rules,
     Translation, Trigger, TriggerRule, Upstream, UpstreamConfig, valid_name,
 };
 use ssemux_sse::{Item, Parser};
@@ -200,7 +200,7 @@ proptest! {
         raw_data in evil_string(),
     ) {
         let rules = rules();
-        let ch = Channel::with_epoch("alice", "ep", 64, 1024);
+        let ch = Channel::with_epoch("alice", "ep", 64, Lag::default());
         let mut rx = ch.attach(None).rx;
         let mut expected: Vec<Trigger> = Vec::new();
         for (event, json) in &inputs {
@@ -237,7 +237,7 @@ proptest! {
         data in evil_string(),
     ) {
         let rules = Rules { rules: vec![Rule::pass("*")] };
-        let ch = Channel::with_epoch("alice", "ep", 64, 1024);
+        let ch = Channel::with_epoch("alice", "ep", 64, Lag::default());
         let mut rx = ch.attach(None).rx;
         let Translation::Triggers(ts) = ssemux_gateway::translate(&rules, &name, &data) else {
             return Err(TestCaseError::fail("a wildcard pass rule matches everything"));
@@ -366,7 +366,7 @@ fn run_upstream(chunks: Vec<Bytes>) -> Vec<u8> {
             ..UpstreamConfig::default()
         };
         let up = Upstream::new(Arc::new(connector), Arc::new(rules()), settings, None);
-        let ch = Channel::with_epoch("alice", "ep", 4096, 4096);
+        let ch = Channel::with_epoch("alice", "ep", 4096, Lag::default());
         ch.add_credential("session=x");
         let mut rx = ch.attach(None).rx;
         let cancel = CancellationToken::new();

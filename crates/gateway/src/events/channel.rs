@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::config::{GapPolicy, HubConfig};
 use crate::credential::Credential;
@@ -42,6 +43,40 @@ pub struct Frame {
     pub ends: bool,
     /// The upstream position the frame came from, if the upstream has ids.
     pub pos: Option<Position>,
+    /// When it was published: a live tab whose next frame is older than
+    /// [`Lag::time`] is behind for real.
+    pub at: Instant,
+}
+
+/// How far a live tab may fall behind before it gets `resync` instead of
+/// the frames it missed (`hub.max_lag`, `hub.max_lag_bytes`). Time, not a
+/// frame count: a tab that is a second behind at 2,000 frames a second is
+/// only busy, one that has not caught up for five seconds is stuck. Bytes
+/// bound what the slowest tab can make its channel hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lag {
+    /// A live tab whose oldest frame not yet taken is older than this is
+    /// lagged; frames that old are dropped once beyond the replay ring.
+    pub time: Duration,
+    /// Most bytes a channel keeps beyond its replay ring for tabs that have
+    /// not taken them yet; the oldest go first, and their tabs are lagged.
+    pub bytes: usize,
+}
+
+impl Lag {
+    /// From the `[hub]` section.
+    pub fn new(hub: &HubConfig) -> Lag {
+        Lag {
+            time: hub.max_lag,
+            bytes: hub.max_lag_bytes,
+        }
+    }
+}
+
+impl Default for Lag {
+    fn default() -> Self {
+        Lag::new(&HubConfig::default())
+    }
 }
 
 /// What the tabs of a channel are sent at a gap and around an upstream
@@ -105,9 +140,10 @@ pub type SharedFrame = Arc<Frame>;
 /// Why a [`Follower`] has no frame to give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvError {
-    /// The tab fell so far behind that frames left the ring before it took
-    /// them; it skips this many (all it had not taken). Its cursor is now at
-    /// the newest frame: it must be told `resync`, then it continues live.
+    /// The tab fell behind by more than the channel's [`Lag`] (its next
+    /// frame is too old, or left the ring for the byte budget); it skips
+    /// this many (all it had not taken). Its cursor is now at the newest
+    /// frame: it must be told `resync`, then it continues live.
     Lagged(u64),
     /// The channel was closed and every frame before the close was taken.
     Closed,
@@ -158,6 +194,10 @@ struct Held {
 struct State {
     seq: u64,
     ring: VecDeque<SharedFrame>,
+    // Sum of the ring's frame sizes, and of those older than the replay
+    // tail (the newest `ring_size`): what slow tabs hold, budgeted.
+    ring_bytes: usize,
+    beyond_bytes: usize,
     // Each attached tab's cursor (the last seq it took); frames beyond the
     // replay size are kept only while some tab still needs them.
     cursors: Vec<Arc<AtomicU64>>,
@@ -187,9 +227,8 @@ pub struct Channel {
     epoch: String,
     // Frames always kept for reconnecting tabs (`hub.ring_size`).
     ring_size: usize,
-    // Most frames kept at all; a live tab further behind is lagged
-    // (`max(hub.ring_size, hub.max_lag_frames)`).
-    ring_max: usize,
+    // How far behind a live tab may fall.
+    lag: Lag,
     wake: watch::Sender<()>,
     // Bumped by every credential revocation.
     revocations: AtomicU64,
@@ -205,27 +244,16 @@ pub struct Channel {
 
 impl Channel {
     /// A new channel with a fresh random epoch.
-    pub fn new(user: &str, ring_size: usize, max_lag_frames: usize) -> Arc<Channel> {
-        Self::with_epoch(
-            user,
-            &format!("{:016x}", fastrand::u64(..)),
-            ring_size,
-            max_lag_frames,
-        )
+    pub fn new(user: &str, ring_size: usize, lag: Lag) -> Arc<Channel> {
+        Self::with_epoch(user, &format!("{:016x}", fastrand::u64(..)), ring_size, lag)
     }
 
     /// A new channel with a given epoch (tests). `ring_size` frames are kept
-    /// for replay; a live tab may fall `max_lag_frames` frames behind
-    /// (or `ring_size`, if larger) before it is lagged.
-    pub fn with_epoch(
-        user: &str,
-        epoch: &str,
-        ring_size: usize,
-        max_lag_frames: usize,
-    ) -> Arc<Channel> {
+    /// for replay; a live tab may fall behind as far as `lag` allows.
+    pub fn with_epoch(user: &str, epoch: &str, ring_size: usize, lag: Lag) -> Arc<Channel> {
         let signals = Arc::new(Signals::default());
         let subject = Subject::from(user);
-        Self::build(&subject, epoch, ring_size, max_lag_frames, signals, None)
+        Self::build(&subject, epoch, ring_size, lag, signals, None)
     }
 
     /// A new channel for `subject`, with a fresh random epoch, sending
@@ -233,19 +261,19 @@ impl Channel {
     pub fn for_subject(
         subject: &Subject,
         ring_size: usize,
-        max_lag_frames: usize,
+        lag: Lag,
         signals: Arc<Signals>,
         resume: Option<Arc<ResumeKey>>,
     ) -> Arc<Channel> {
         let epoch = format!("{:016x}", fastrand::u64(..));
-        Self::build(subject, &epoch, ring_size, max_lag_frames, signals, resume)
+        Self::build(subject, &epoch, ring_size, lag, signals, resume)
     }
 
     fn build(
         subject: &Subject,
         epoch: &str,
         ring_size: usize,
-        max_lag_frames: usize,
+        lag: Lag,
         signals: Arc<Signals>,
         resume: Option<Arc<ResumeKey>>,
     ) -> Arc<Channel> {
@@ -256,7 +284,7 @@ impl Channel {
             path: subject.path.clone(),
             epoch: epoch.to_string(),
             ring_size,
-            ring_max: ring_size.max(max_lag_frames),
+            lag,
             wake: watch::Sender::new(()),
             revocations: AtomicU64::new(0),
             upstream_ready: Notify::new(),
@@ -270,6 +298,8 @@ impl Channel {
             state: Mutex::new(State {
                 seq: 0,
                 ring: VecDeque::new(),
+                ring_bytes: 0,
+                beyond_bytes: 0,
                 cursors: Vec::new(),
                 creds: Vec::new(),
                 next_key: 0,
@@ -344,14 +374,14 @@ impl Channel {
     }
 
     /// Bytes held by the ring: the replay tail plus whatever a slow tab has
-    /// not taken yet, at most `max(ring_size, max_lag_frames)` frames.
+    /// not taken yet — beyond the replay tail at most [`Lag::bytes`].
     pub fn ring_bytes(&self) -> usize {
-        self.lock().ring.iter().map(|f| f.bytes.len()).sum()
+        self.lock().ring_bytes
     }
 
-    /// Frames the slowest attached tab has not taken yet. Bounded by
-    /// `max(ring_size, max_lag_frames)` however far a tab falls behind: a
-    /// tab that lags past it gets `resync` instead of pinning more memory.
+    /// Frames the slowest attached tab has not taken yet. Bounded by the
+    /// [`Lag`] however far a tab falls behind: a tab that lags past it gets
+    /// `resync` instead of pinning more memory.
     pub fn backlog(&self) -> usize {
         let st = self.lock();
         let held = st.ring.len() as u64;
@@ -399,6 +429,7 @@ impl Channel {
             return false;
         }
         let before = st.seq;
+        let at = Instant::now();
         for (i, t) in triggers.iter().enumerate() {
             let pos = positions.get(i).cloned().flatten();
             if pos.is_some() {
@@ -421,12 +452,16 @@ impl Channel {
             if gap && self.signals.on_gap == GapPolicy::End {
                 st.seq = seq;
                 let bytes = Bytes::from(format!("id: {id}\n\n"));
-                st.ring.push_back(Arc::new(Frame {
-                    seq,
-                    bytes,
-                    ends: true,
-                    pos,
-                }));
+                self.push(
+                    st,
+                    Frame {
+                        seq,
+                        bytes,
+                        ends: true,
+                        pos,
+                        at,
+                    },
+                );
                 continue;
             }
             let (name, data) = if gap {
@@ -445,26 +480,50 @@ impl Channel {
                 }
             };
             st.seq = seq;
-            st.ring.push_back(Arc::new(Frame {
-                seq,
-                bytes,
-                ends: false,
-                pos,
-            }));
+            self.push(
+                st,
+                Frame {
+                    seq,
+                    bytes,
+                    ends: false,
+                    pos,
+                    at,
+                },
+            );
         }
         if st.seq == before {
             return false;
         }
-        self.trim(st);
+        self.trim(st, at);
         true
     }
 
-    // Keep `ring_size` frames for replay; beyond that, only frames some tab
-    // has not taken yet, and never more than `ring_max`.
-    fn trim(&self, st: &mut State) {
-        while st.ring.len() > self.ring_max {
-            st.ring.pop_front();
+    // Append one frame, keeping the byte sums.
+    fn push(&self, st: &mut State, f: Frame) {
+        st.ring_bytes += f.bytes.len();
+        st.ring.push_back(Arc::new(f));
+        // The frame that just left the replay tail now counts as held.
+        if let Some(i) = st.ring.len().checked_sub(self.ring_size + 1) {
+            st.beyond_bytes += st.ring[i].bytes.len();
         }
+    }
+
+    // Drop the oldest frame, keeping the byte sums.
+    fn pop(&self, st: &mut State) {
+        let beyond = st.ring.len() > self.ring_size;
+        if let Some(f) = st.ring.pop_front() {
+            st.ring_bytes -= f.bytes.len();
+            if beyond {
+                st.beyond_bytes -= f.bytes.len();
+            }
+        }
+    }
+
+    // Keep `ring_size` frames for replay; beyond that, only frames some tab
+    // has not taken yet, while they are younger than the lag time and fit
+    // the lag budget. A tab whose frames go for the budget or the time is
+    // lagged when it next takes.
+    fn trim(&self, st: &mut State, now: Instant) {
         if st.ring.len() <= self.ring_size {
             return;
         }
@@ -474,8 +533,16 @@ impl Channel {
             .map(|c| c.load(Ordering::Relaxed))
             .min()
             .unwrap_or(st.seq);
-        while st.ring.len() > self.ring_size && st.ring.front().is_some_and(|f| f.seq <= slowest) {
-            st.ring.pop_front();
+        let too_old = now.checked_sub(self.lag.time);
+        while st.ring.len() > self.ring_size {
+            let Some(f) = st.ring.front() else { break };
+            let keep = f.seq > slowest
+                && st.beyond_bytes <= self.lag.bytes
+                && too_old.is_none_or(|old| f.at >= old);
+            if keep {
+                break;
+            }
+            self.pop(st);
         }
     }
 
@@ -675,7 +742,7 @@ impl Channel {
         st.cursors.retain(|c| !Arc::ptr_eq(c, cursor));
         // A slow tab leaving releases what only it held now, not at the
         // next publish (which, in grace, may never come).
-        self.trim(&mut st);
+        self.trim(&mut st, Instant::now());
     }
 
     /// Remember a tab's credential. Returns the key to release it with. Tabs
@@ -845,11 +912,20 @@ impl Follower {
         // Ring seqs are contiguous: the frame after the cursor is at a fixed
         // offset from the front, or already gone.
         let oldest = st.ring.front().map_or(st.seq + 1, |f| f.seq);
-        if oldest > cursor + 1 {
+        let start = (cursor + 1).checked_sub(oldest).map(|i| i as usize);
+        // Gone for the budget, or still here but older than the lag time:
+        // behind for real.
+        let stale = |i: usize| {
+            st.ring.get(i).is_some_and(|f| {
+                Instant::now()
+                    .checked_sub(self.channel.lag.time)
+                    .is_some_and(|old| f.at < old)
+            })
+        };
+        let Some(start) = start.filter(|&i| !stale(i)) else {
             self.cursor.store(st.seq, Ordering::Relaxed);
             return Err(RecvError::Lagged(st.seq - cursor));
-        }
-        let start = (cursor + 1 - oldest) as usize;
+        };
         let mut taken = 0;
         let mut last = cursor;
         for f in st.ring.range(start..).take(max.max(1)) {
@@ -932,7 +1008,7 @@ mod tests {
 
     #[test]
     fn replay_after_id_and_resync_when_unservable() {
-        let ch = Channel::with_epoch("alice", "e1", 4, 16);
+        let ch = Channel::with_epoch("alice", "e1", 4, Lag::default());
         for n in 1..=6 {
             ch.publish(&[t(n)]);
         }
@@ -969,7 +1045,7 @@ mod tests {
 
     #[test]
     fn live_follows_replay_without_gap() {
-        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
         ch.publish(&[t(1), t(2)]);
         let mut a = ch.attach(Some("e1-1"));
         ch.publish(&[t(3)]);
@@ -980,7 +1056,7 @@ mod tests {
 
     #[test]
     fn credentials_prefer_live_and_drop_refused() {
-        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
         let k1 = ch.add_credential(Credential::cookies("session=a"));
         let k2 = ch.add_credential(Credential::cookies("session=b"));
         assert_eq!(ch.credential().map(|c| c.0), Some(k1));
@@ -1002,7 +1078,7 @@ mod tests {
 
     #[test]
     fn a_session_stays_usable_until_its_last_tab_leaves() {
-        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
         let first = ch.add_credential(Credential::cookies("session=a"));
         let other = ch.add_credential(Credential::cookies("session=b"));
         let second = ch.add_credential(Credential::cookies("session=a"));
@@ -1024,7 +1100,7 @@ mod tests {
 
     #[test]
     fn close_sends_logout_then_end() {
-        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
         let mut a = ch.attach(None);
         ch.close();
         let f = a.rx.try_recv().expect("logout");
@@ -1035,9 +1111,14 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_tab_keeps_frames_until_it_takes_them_then_lags() {
-        // Replay keeps 4; a live tab may be 10 behind.
-        let ch = Channel::with_epoch("alice", "e1", 4, 10);
+    fn a_slow_tab_keeps_frames_within_the_byte_budget_then_lags() {
+        // Replay keeps 4; beyond them, 200 bytes (about five frames) are
+        // kept for tabs that have not taken them; no time limit here.
+        let lag = Lag {
+            time: Duration::from_secs(3600),
+            bytes: 200,
+        };
+        let ch = Channel::with_epoch("alice", "e1", 4, lag);
         let mut fast = ch.attach(None).rx;
         let mut slow = ch.attach(None).rx;
         for n in 1..=8 {
@@ -1056,12 +1137,16 @@ mod tests {
         // Taken by both and beyond the replay size: trimmed.
         assert_eq!(ch.backlog(), 6);
         assert_eq!(fast.try_recv().map(|f| f.seq), Ok(9));
-        // Past the limit the oldest untaken frames go; the slow tab skips
+        // Past the budget the oldest untaken frames go; the slow tab skips
         // everything it had not taken (4..=14), then follows live.
         for n in 10..=14 {
             ch.publish(&[t(n)]);
+            let st = ch.lock();
+            assert!(st.beyond_bytes <= 200, "{} bytes held", st.beyond_bytes);
+            let sum: usize = st.ring.iter().map(|f| f.bytes.len()).sum();
+            assert_eq!(st.ring_bytes, sum);
         }
-        assert_eq!(ch.backlog(), 10);
+        assert!(ch.backlog() < 11);
         assert_eq!(
             slow.try_recv().map(|f| f.seq),
             Err(TryRecvError::Lagged(11))
@@ -1072,14 +1157,69 @@ mod tests {
         // Once everyone took everything, only the replay size is kept.
         while fast.try_recv().is_ok() {}
         ch.publish(&[t(16)]);
+        let st = ch.lock();
+        assert_eq!(st.ring.len(), 4);
+        assert_eq!(st.beyond_bytes, 0);
+    }
+
+    /// Lag is time, not a count: a tab far behind in frames that keeps
+    /// taking is served everything; one whose next frame has waited longer
+    /// than the lag time is lagged, and frames that old are not kept for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_tab_lags_when_its_next_frame_is_older_than_the_lag_time() {
+        let lag = Lag {
+            time: Duration::from_secs(5),
+            bytes: 1 << 20,
+        };
+        let ch = Channel::with_epoch("alice", "e1", 4, lag);
+        let mut busy = ch.attach(None).rx;
+        let mut stuck = ch.attach(None).rx;
+        // A burst of 5,000 frames at once: a tab taking them in batches
+        // gets every one, although it is thousands of frames behind.
+        for n in 0..5000 {
+            ch.publish(&[t(n)]);
+        }
+        let mut out = VecDeque::new();
+        let mut got = 0;
+        loop {
+            match busy.take_into(&mut out, MAX_BATCH) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("busy tab: {e:?}"),
+            }
+        }
+        assert_eq!(got, 5000);
+        // The stuck tab is 4.9 s behind: still served.
+        tokio::time::sleep(Duration::from_millis(4900)).await;
+        assert_eq!(stuck.try_recv().map(|f| f.seq), Ok(1));
+        // Past 5 s its next frame is too old: lagged, all it had not taken.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            stuck.try_recv().map(|f| f.seq),
+            Err(TryRecvError::Lagged(4999))
+        );
+        // A newer frame is served live again.
+        ch.publish(&[t(5000)]);
+        assert_eq!(stuck.try_recv().map(|f| f.seq), Ok(5001));
+        while busy.try_recv().is_ok() {}
+        // Frames older than the lag time are not kept for a tab that took
+        // none of them: past it the ring is back to its replay size.
+        let idle = ch.attach(None).rx;
+        for n in 0..10 {
+            ch.publish(&[t(n)]);
+        }
+        assert_eq!(ch.lock().ring.len(), 10);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        ch.publish(&[t(10)]);
         assert_eq!(ch.lock().ring.len(), 4);
+        drop(idle);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_first_tab_waits_for_the_upstream_and_a_late_one_is_owed_a_resync() {
         let limit = Duration::from_secs(2);
         // The upstream connects while the tab waits: no resync owed.
-        let ch = Channel::with_epoch("alice", "e1", 4, 8);
+        let ch = Channel::with_epoch("alice", "e1", 4, Lag::default());
         let waiter = tokio::spawn({
             let ch = ch.clone();
             async move { ch.wait_for_upstream(limit).await }
@@ -1098,13 +1238,13 @@ mod tests {
 
         // The upstream is slower than the limit: the tab is answered, and
         // the first connect owes a resync (once).
-        let ch = Channel::with_epoch("bob", "e1", 4, 8);
+        let ch = Channel::with_epoch("bob", "e1", 4, Lag::default());
         ch.wait_for_upstream(limit).await;
         assert!(ch.upstream_connected());
         assert!(!ch.upstream_connected(), "owed once, on the first connect");
 
         // A close (every credential refused) releases waiting tabs.
-        let ch = Channel::with_epoch("carol", "e1", 4, 8);
+        let ch = Channel::with_epoch("carol", "e1", 4, Lag::default());
         let waiter = tokio::spawn({
             let ch = ch.clone();
             async move { ch.wait_for_upstream(limit).await }
@@ -1119,7 +1259,7 @@ mod tests {
 
     #[test]
     fn a_dropped_follower_releases_the_frames_it_held() {
-        let ch = Channel::with_epoch("alice", "e1", 2, 100);
+        let ch = Channel::with_epoch("alice", "e1", 2, Lag::default());
         let slow = ch.attach(None).rx;
         for n in 1..=20 {
             ch.publish(&[t(n)]);
@@ -1134,7 +1274,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_wake_per_publish_and_none_missed() {
-        let ch = Channel::with_epoch("alice", "e1", 8, 16);
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
         let mut a = ch.attach(None).rx;
         ch.publish(&[t(1), t(2), t(3)]);
         // Published before waiting: `changed` must not sleep.

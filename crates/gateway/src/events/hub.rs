@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
 use crate::credential::Credential;
-use crate::events::channel::{Channel, Signals, Subject};
+use crate::events::channel::{Channel, Lag, Signals, Subject};
 use crate::events::resume::ResumeKey;
 use crate::upstream::{End, Upstream};
 
@@ -187,7 +187,7 @@ impl Hub {
         let channel = Channel::for_subject(
             subject,
             s.ring_size,
-            s.max_lag_frames,
+            Lag::new(s),
             self.inner.signals.clone(),
             self.inner.resume.clone(),
         );

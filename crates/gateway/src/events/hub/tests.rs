@@ -109,7 +109,7 @@ fn hub_with(script: &Arc<Script>, grace: Duration) -> Hub {
         HubConfig {
             grace,
             ring_size: 64,
-            max_lag_frames: 64,
+            max_lag_bytes: 1 << 20,
             max_tabs_per_user: 64,
             max_total_tabs: 100,
             ..HubConfig::default()
@@ -484,7 +484,7 @@ async fn reconnect_storm_is_paced_across_users() {
         HubConfig {
             grace: GRACE,
             ring_size: 8,
-            max_lag_frames: 8,
+            max_lag_bytes: 1 << 20,
             max_tabs_per_user: 1,
             max_total_tabs: USERS,
             ..HubConfig::default()
@@ -555,7 +555,7 @@ async fn long_outage_is_probed_from_one_place_and_users_come_back_paced() {
             HubConfig {
                 grace: GRACE,
                 ring_size: 8,
-                max_lag_frames: 8,
+                max_lag_bytes: 1 << 20,
                 max_tabs_per_user: 1,
                 max_total_tabs: USERS,
                 ..HubConfig::default()
@@ -628,7 +628,7 @@ async fn upstream_resync_survives_rules_without_it() {
         HubConfig {
             grace: GRACE,
             ring_size: 8,
-            max_lag_frames: 8,
+            max_lag_bytes: 1 << 20,
             max_tabs_per_user: 4,
             max_total_tabs: 4,
             ..HubConfig::default()
@@ -818,7 +818,7 @@ fn hub_configured(script: &Arc<Script>, hub: HubConfig) -> Hub {
     Hub::new(
         HubConfig {
             ring_size: 64,
-            max_lag_frames: 64,
+            max_lag_bytes: 1 << 20,
             max_total_tabs: 100,
             ..hub
         },
@@ -1113,7 +1113,7 @@ async fn an_upstream_id_reset_stops_sealing_the_old_position() {
 
 #[test]
 fn a_channel_closes_only_when_no_credential_is_left() {
-    let ch = Channel::with_epoch("alice", "e1", 8, 16);
+    let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
     let a = ch.add_credential("session=a");
     ch.refuse_credential(a);
     // A tab brought a fresh one just before the upstream gave up.
