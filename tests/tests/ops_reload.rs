@@ -15,6 +15,7 @@ fn rules_inbound_to(name: &str) -> Rules {
             when: None,
             pass: false,
             rename: None,
+            coalesce: false,
             triggers: vec![TriggerRule {
                 name: name.into(),
                 data_field: Some("peer".into()),

@@ -159,7 +159,9 @@ async fn unservable_ids_get_one_resync_then_live() {
         // resumes from there instead of resyncing again.
         let at = last_seq(&env, "alice");
         assert_eq!(seq(&first), at, "{stale}");
-        emit_one(&env, "alice", "after");
+        // Distinct each time: identical ones would coalesce in the replay
+        // below.
+        emit_one(&env, "alice", &format!("after {stale}"));
         let next = t.next().await;
         assert_eq!(
             (next.event.as_str(), seq(&next)),

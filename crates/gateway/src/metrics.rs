@@ -234,6 +234,7 @@ struct Inner {
     upstream_events: Family<EventLabel, Counter>,
     triggers_emitted: Family<TriggerLabel, Counter>,
     triggers_delivered: Counter,
+    triggers_coalesced: Counter,
     resyncs: Family<CauseLabel, Counter>,
     slow_tab_cuts: Counter,
     auth_results: Family<ResultLabel, Counter>,
@@ -316,6 +317,12 @@ impl Metrics {
                 r,
                 "ssemux_triggers_delivered",
                 "Trigger frames written to tab streams (replay and live)",
+                Counter::default(),
+            ),
+            triggers_coalesced: reg(
+                r,
+                "ssemux_triggers_coalesced",
+                "Idempotent trigger frames a live tab skipped because an identical one followed in the same take",
                 Counter::default(),
             ),
             resyncs: reg(
@@ -480,6 +487,13 @@ impl Metrics {
     /// `n` trigger frames were written to a tab.
     pub fn triggers_delivered(&self, n: u64) {
         self.inner.triggers_delivered.inc_by(n);
+    }
+
+    /// `n` idempotent frames were skipped by a tab for an identical later one.
+    pub fn triggers_coalesced(&self, n: u64) {
+        if n > 0 {
+            self.inner.triggers_coalesced.inc_by(n);
+        }
     }
 
     /// A resync was sent for `cause`.
@@ -674,7 +688,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(helps.len(), types, "a metric without HELP in\n{text}");
         // Every metric `new` registers; a new family needs a record above.
-        assert_eq!(types, 23, "metrics rendered:\n{text}");
+        assert_eq!(types, 24, "metrics rendered:\n{text}");
         for line in helps {
             let mut words = line.splitn(4, ' ');
             let help = words.nth(3).unwrap_or("");

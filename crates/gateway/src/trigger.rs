@@ -25,6 +25,9 @@ pub struct Trigger {
     /// A trigger's is never empty and never contains CR, LF or NUL; a passed
     /// event's is what the upstream sent.
     pub data: String,
+    /// Idempotent: of several with the same name and data that a tab takes
+    /// at once, only the last is sent (never set on a passed event).
+    pub coalesce: bool,
 }
 
 impl Trigger {
@@ -33,6 +36,15 @@ impl Trigger {
         Trigger {
             name: name.to_string(),
             data: clean_data(data),
+            coalesce: false,
+        }
+    }
+
+    /// The same trigger, idempotent (see [`Trigger::coalesce`]).
+    pub fn coalesced(self) -> Trigger {
+        Trigger {
+            coalesce: true,
+            ..self
         }
     }
 
@@ -41,6 +53,7 @@ impl Trigger {
         Trigger {
             name: name.to_string(),
             data: data.to_string(),
+            coalesce: false,
         }
     }
 

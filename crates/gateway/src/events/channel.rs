@@ -31,7 +31,7 @@ use crate::trigger::{self, Trigger};
 pub const MAX_BATCH: usize = 64;
 
 /// One encoded SSE frame as it travels to every tab of the user.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Frame {
     /// Downstream sequence number (the part after `<epoch>-` in the id).
     pub seq: u64,
@@ -46,7 +46,55 @@ pub struct Frame {
     /// When it was published: a live tab whose next frame is older than
     /// [`Lag::time`] is behind for real.
     pub at: Instant,
+    /// Set for an idempotent trigger (see [`Frame::superseded`]).
+    pub coalesce: Option<Coalesce>,
+    /// A later frame is the same idempotent trigger (set when it is
+    /// published, under the channel's lock).
+    superseded: std::sync::atomic::AtomicBool,
 }
+
+/// What makes two frames the same trigger: everything after the id line.
+/// The hash finds the candidate; the bytes decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesce {
+    hash: u64,
+    // Where the id line ends in the frame's bytes.
+    body: usize,
+}
+
+impl Coalesce {
+    fn of(bytes: &[u8]) -> Option<Coalesce> {
+        use std::hash::{Hash, Hasher};
+        let body = bytes.iter().position(|&b| b == b'\n')? + 1;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes[body..].hash(&mut h);
+        Some(Coalesce {
+            hash: h.finish(),
+            body,
+        })
+    }
+}
+
+impl Frame {
+    /// Whether a later frame is the same idempotent trigger: a tab that has
+    /// not taken this one yet skips it and gets that one instead.
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Relaxed)
+    }
+
+    fn same_trigger(&self, other: &Frame) -> bool {
+        match (self.coalesce, other.coalesce) {
+            (Some(a), Some(b)) => {
+                a.hash == b.hash && self.bytes.get(a.body..) == other.bytes.get(b.body..)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Most frames a tab looks at in one take, sent or skipped as superseded:
+/// bounds how long one take holds the channel's lock.
+const MAX_SCAN: usize = 16 * 1024;
 
 /// How far a live tab may fall behind before it gets `resync` instead of
 /// the frames it missed (`hub.max_lag`, `hub.max_lag_bytes`). Time, not a
@@ -198,6 +246,8 @@ struct State {
     // tail (the newest `ring_size`): what slow tabs hold, budgeted.
     ring_bytes: usize,
     beyond_bytes: usize,
+    // Newest idempotent frame in the ring per trigger (hash → seq).
+    latest: std::collections::HashMap<u64, u64>,
     // Each attached tab's cursor (the last seq it took); frames beyond the
     // replay size are kept only while some tab still needs them.
     cursors: Vec<Arc<AtomicU64>>,
@@ -300,6 +350,7 @@ impl Channel {
                 ring: VecDeque::new(),
                 ring_bytes: 0,
                 beyond_bytes: 0,
+                latest: std::collections::HashMap::new(),
                 cursors: Vec::new(),
                 creds: Vec::new(),
                 next_key: 0,
@@ -460,6 +511,8 @@ impl Channel {
                         ends: true,
                         pos,
                         at,
+                        coalesce: None,
+                        superseded: false.into(),
                     },
                 );
                 continue;
@@ -480,6 +533,11 @@ impl Channel {
                 }
             };
             st.seq = seq;
+            let coalesce = if t.coalesce {
+                Coalesce::of(&bytes)
+            } else {
+                None
+            };
             self.push(
                 st,
                 Frame {
@@ -488,6 +546,8 @@ impl Channel {
                     ends: false,
                     pos,
                     at,
+                    coalesce,
+                    superseded: false.into(),
                 },
             );
         }
@@ -498,8 +558,20 @@ impl Channel {
         true
     }
 
-    // Append one frame, keeping the byte sums.
+    // Append one frame, keeping the byte sums; an idempotent trigger
+    // supersedes its previous copy still in the ring.
     fn push(&self, st: &mut State, f: Frame) {
+        if let Some(c) = f.coalesce {
+            let oldest = st.ring.front().map_or(f.seq, |o| o.seq);
+            let prev = st
+                .latest
+                .insert(c.hash, f.seq)
+                .and_then(|seq| seq.checked_sub(oldest))
+                .and_then(|i| st.ring.get(i as usize));
+            if let Some(p) = prev.filter(|p| p.same_trigger(&f)) {
+                p.superseded.store(true, Ordering::Relaxed);
+            }
+        }
         st.ring_bytes += f.bytes.len();
         st.ring.push_back(Arc::new(f));
         // The frame that just left the replay tail now counts as held.
@@ -512,6 +584,11 @@ impl Channel {
     fn pop(&self, st: &mut State) {
         let beyond = st.ring.len() > self.ring_size;
         if let Some(f) = st.ring.pop_front() {
+            if let Some(c) = f.coalesce
+                && st.latest.get(&c.hash) == Some(&f.seq)
+            {
+                st.latest.remove(&c.hash);
+            }
             st.ring_bytes -= f.bytes.len();
             if beyond {
                 st.beyond_bytes -= f.bytes.len();
@@ -656,6 +733,7 @@ impl Channel {
             cursor,
             wake: self.wake.subscribe(),
             ended: false,
+            coalesced: 0,
         };
         let down = st.down.then(|| self.signals.down_frame.clone()).flatten();
         let Some(last) = last_event_id.map(str::trim).filter(|s| !s.is_empty()) else {
@@ -687,12 +765,7 @@ impl Channel {
             .or_else(|| self.after_position(&st, token?));
         match servable {
             Some(seq) => Attach {
-                replay: st
-                    .ring
-                    .iter()
-                    .filter(|f| f.seq > seq)
-                    .map(|f| f.bytes.clone())
-                    .collect(),
+                replay: Self::replay_after(&st.ring, seq),
                 resync: None,
                 position: None,
                 down,
@@ -723,6 +796,15 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// The frames after `seq`, oldest first, without the superseded ones,
+    /// as a live tab that far behind would take them.
+    fn replay_after(ring: &VecDeque<SharedFrame>, seq: u64) -> Vec<Bytes> {
+        ring.iter()
+            .filter(|f| f.seq > seq && !f.superseded())
+            .map(|f| f.bytes.clone())
+            .collect()
     }
 
     /// The seq after which a tab holding the sealed position `token` is
@@ -887,6 +969,8 @@ pub struct Follower {
     wake: watch::Receiver<()>,
     // It took a frame that ends live streams (`on_gap = "end"`).
     ended: bool,
+    // Frames skipped for an identical later one, not yet reported.
+    coalesced: u64,
 }
 
 impl Follower {
@@ -926,19 +1010,34 @@ impl Follower {
             self.cursor.store(st.seq, Ordering::Relaxed);
             return Err(RecvError::Lagged(st.seq - cursor));
         };
+        let max = max.max(1);
         let mut taken = 0;
         let mut last = cursor;
-        for f in st.ring.range(start..).take(max.max(1)) {
-            each(f);
+        for f in st.ring.range(start..).take(MAX_SCAN) {
+            // Moving past it loses nothing: the same trigger is further on.
             last = f.seq;
+            if f.superseded() {
+                self.coalesced += 1;
+                continue;
+            }
+            each(f);
             taken += 1;
             if f.ends {
                 self.ended = true;
                 break;
             }
+            if taken == max {
+                break;
+            }
         }
         self.cursor.store(last, Ordering::Relaxed);
         Ok(taken)
+    }
+
+    /// Frames skipped since the last call because an identical idempotent
+    /// one followed (for the tab's metrics).
+    pub fn take_coalesced(&mut self) -> u64 {
+        std::mem::take(&mut self.coalesced)
     }
 
     /// Whether a frame it took ends the stream (a gap under `hub.on_gap =
@@ -1270,6 +1369,121 @@ mod tests {
         assert_eq!(ch.receivers(), 0);
         // Released at once, without waiting for another publish.
         assert_eq!(ch.lock().ring.len(), 2);
+    }
+
+    fn idem(name: &str, data: &str) -> Trigger {
+        Trigger::new(name, data).coalesced()
+    }
+
+    fn events(frames: &[Bytes]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|b| {
+                let s = String::from_utf8_lossy(b);
+                let name = s.lines().find_map(|l| l.strip_prefix("event: "));
+                let data = s.lines().find_map(|l| l.strip_prefix("data: "));
+                format!("{}={}", name.unwrap_or("message"), data.unwrap_or(""))
+            })
+            .collect()
+    }
+
+    fn take_all(rx: &mut Follower) -> Vec<Bytes> {
+        let mut out = VecDeque::new();
+        while rx.take_into(&mut out, MAX_BATCH).is_ok_and(|n| n > 0) {}
+        out.into_iter().collect()
+    }
+
+    /// A tab taking a burst at once gets each idempotent trigger once, at
+    /// the place of its last copy; everything else as it came.
+    #[test]
+    fn a_burst_of_identical_triggers_costs_a_tab_one_frame() {
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
+        let mut live = ch.attach(None).rx;
+        for _ in 0..1000 {
+            ch.publish(&[
+                idem("thread-updated", "bob"),
+                idem("contact-changed", "bob"),
+            ]);
+        }
+        let got = take_all(&mut live);
+        assert_eq!(events(&got), ["thread-updated=bob", "contact-changed=bob"]);
+        // The last copies: the tab's id is the newest.
+        assert_eq!(ids(&got), ["e1-1999", "e1-2000"]);
+        assert_eq!(live.take_coalesced(), 1998);
+
+        // Order is that of the last copies; triggers that are not
+        // idempotent (a passed event) are never dropped.
+        ch.publish(&[
+            idem("t", "a"),
+            idem("t", "b"),
+            Trigger::pass("note", "x"),
+            idem("t", "a"),
+            Trigger::pass("note", "x"),
+            idem("t", "c"),
+            idem("t", "b"),
+        ]);
+        assert_eq!(
+            events(&take_all(&mut live)),
+            ["note=x", "t=a", "note=x", "t=c", "t=b"]
+        );
+        // A tab keeping up takes each as it comes: nothing to coalesce.
+        for _ in 0..3 {
+            ch.publish(&[idem("t", "a")]);
+            assert_eq!(events(&take_all(&mut live)), ["t=a"]);
+        }
+    }
+
+    /// Coalescing never moves the tab past what it has not been sent: with
+    /// more distinct triggers than a take holds, the rest come next time.
+    #[test]
+    fn coalescing_respects_the_batch_size() {
+        let ch = Channel::with_epoch("alice", "e1", 8, Lag::default());
+        let mut live = ch.attach(None).rx;
+        for round in 0..3 {
+            for n in 0..100 {
+                ch.publish(&[idem("row", &format!("{n}-{}", round % 2))]);
+            }
+        }
+        let mut out = VecDeque::new();
+        assert_eq!(live.take_into(&mut out, MAX_BATCH), Ok(MAX_BATCH));
+        let mut rest = take_all(&mut live);
+        let mut all: Vec<Bytes> = out.into_iter().collect();
+        all.append(&mut rest);
+        // Rounds 0 and 2 are the same triggers: only round 2's are sent,
+        // after round 1's, and every distinct trigger exactly once.
+        let want: Vec<String> = (0..100)
+            .map(|n| format!("row={n}-1"))
+            .chain((0..100).map(|n| format!("row={n}-0")))
+            .collect();
+        assert_eq!(events(&all), want);
+        let seqs: Vec<u64> = ids(&all)
+            .iter()
+            .map(|id| {
+                id.rsplit('-')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+
+    /// A replay from the ring is coalesced the same way.
+    #[test]
+    fn a_replay_is_coalesced() {
+        let ch = Channel::with_epoch("alice", "e1", 64, Lag::default());
+        ch.publish(&[idem("t", "x")]);
+        for _ in 0..20 {
+            ch.publish(&[idem("t", "a"), Trigger::new("plain", "p"), idem("t", "b")]);
+        }
+        let a = ch.attach(Some("e1-1"));
+        assert_eq!(
+            events(&a.replay),
+            std::iter::repeat_n("plain=p", 19)
+                .chain(["t=a", "plain=p", "t=b"])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ids(&a.replay).last().map(String::as_str), Some("e1-61"));
     }
 
     #[tokio::test]

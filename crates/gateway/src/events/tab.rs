@@ -130,6 +130,9 @@ async fn next_chunk(mut st: TabState) -> Option<(Bytes, TabState)> {
             Ok(0) => {}
             Ok(n) => {
                 st.settings.metrics.triggers_delivered(n as u64);
+                st.settings
+                    .metrics
+                    .triggers_coalesced(st.rx.take_coalesced());
                 continue;
             }
             Err(RecvError::Lagged(n)) => {

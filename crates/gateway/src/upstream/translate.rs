@@ -39,6 +39,12 @@ pub struct Rule {
     /// drops the events it matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerRule>,
+    /// This rule's triggers are idempotent ("re-fetch X"): a tab that takes
+    /// several with the same name and data at once (a burst, a replay)
+    /// gets only the last. Never the passed-through event, whose every
+    /// instance matters. Off unless set; on in the default rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coalesce: bool,
 }
 
 /// A condition on the upstream data (`when = { field = "type", equals = "new_item" }`).
@@ -81,12 +87,14 @@ impl Default for Rules {
                 Rule::triggers(
                     "inbound",
                     vec![peer("thread-updated"), peer("contact-changed")],
-                ),
+                )
+                .coalesced(),
                 Rule::triggers(
                     "outbound-state",
                     vec![peer("thread-updated"), peer("contact-changed")],
-                ),
-                Rule::triggers("read-watermark-changed", vec![peer("contact-changed")]),
+                )
+                .coalesced(),
+                Rule::triggers("read-watermark-changed", vec![peer("contact-changed")]).coalesced(),
                 Rule::triggers(
                     "resync",
                     vec![TriggerRule {
@@ -109,6 +117,15 @@ impl Rule {
             pass: false,
             rename: None,
             triggers,
+            coalesce: false,
+        }
+    }
+
+    /// The same rule with `coalesce` on.
+    pub fn coalesced(self) -> Rule {
+        Rule {
+            coalesce: true,
+            ..self
         }
     }
 
@@ -174,6 +191,12 @@ pub enum RuleError {
     /// `when` names no field.
     #[error("rule for `{0}`: `when.field` must not be empty")]
     EmptyField(String),
+    /// `coalesce` on a rule without triggers: a passed-through event is
+    /// never coalesced.
+    #[error(
+        "rule for `{0}`: `coalesce` applies to its triggers, and it has none (a passed-through event is never coalesced)"
+    )]
+    CoalesceWithoutTriggers(String),
 }
 
 /// Check every rule once at load time so translation never has to.
@@ -202,6 +225,9 @@ fn check(rule: &Rule) -> Result<(), RuleError> {
     }
     if rule.when.as_ref().is_some_and(|w| w.field.is_empty()) {
         return Err(RuleError::EmptyField(rule.event.clone()));
+    }
+    if rule.coalesce && rule.triggers.is_empty() {
+        return Err(RuleError::CoalesceWithoutTriggers(rule.event.clone()));
     }
     for t in &rule.triggers {
         if !valid_name(&t.name) {
@@ -244,6 +270,7 @@ pub fn translate(rules: &Rules, event: &str, data: &str) -> Translation {
         out.push(Trigger {
             name: t.name.clone(),
             data: clean_data(&raw),
+            coalesce: rule.coalesce,
         });
     }
     Translation::Triggers(out)
@@ -261,6 +288,53 @@ mod tests {
             }
             Translation::Unmatched => vec![],
         }
+    }
+
+    #[test]
+    fn coalescing_is_per_rule_and_never_for_a_passed_event() {
+        // The default rules' triggers are idempotent ("re-fetch X").
+        let Translation::Triggers(ts) =
+            translate(&Rules::default(), "inbound", r#"{"peer":"bob"}"#)
+        else {
+            panic!("default inbound rule");
+        };
+        assert!(ts.iter().all(|t| t.coalesce), "{ts:?}");
+        // Opt-in: a rule that does not say so is not.
+        let plain = Rules {
+            rules: vec![Rule::triggers(
+                "x",
+                vec![TriggerRule {
+                    name: "t".into(),
+                    data_field: None,
+                    data: None,
+                }],
+            )],
+        };
+        let Translation::Triggers(ts) = translate(&plain, "x", "") else {
+            panic!("x rule");
+        };
+        assert!(!ts[0].coalesce);
+        // A passing rule that coalesces its triggers still sends the event
+        // itself every time.
+        let mut both = Rule::pass("x").coalesced();
+        both.triggers = plain.rules[0].triggers.clone();
+        let rules = Rules { rules: vec![both] };
+        assert_eq!(validate(&rules), Ok(()));
+        let Translation::Triggers(ts) = translate(&rules, "x", "d") else {
+            panic!("x rule");
+        };
+        assert_eq!(
+            ts.iter().map(|t| t.coalesce).collect::<Vec<_>>(),
+            [false, true]
+        );
+        // Coalescing a rule with no triggers means nothing: refused.
+        let rules = Rules {
+            rules: vec![Rule::pass("x").coalesced()],
+        };
+        assert_eq!(
+            validate(&rules),
+            Err(RuleError::CoalesceWithoutTriggers("x".into()))
+        );
     }
 
     #[test]
