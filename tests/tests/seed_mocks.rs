@@ -1,7 +1,9 @@
 //! The seed mocks against their own clients, no ssemux in between: each
 //! client gets what its document says it needs, bad credentials are
-//! refused, and reconnects catch up. These pin the mocks down before the
-//! integration tests put a proxy in the middle.
+//! refused, and reconnects catch up. The ScaiDrive WebSocket mock is also
+//! driven frame by frame with a plain tokio-tungstenite client, to pin its
+//! wire shapes. These pin the mocks down before the integration tests put a
+//! proxy in the middle.
 
 mod seeds;
 
@@ -9,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use seeds::eventsource::{self, Base, EventSource, Failure, Update};
-use seeds::{cloud_share, fastapi_sse, synckit};
-use serde_json::json;
+use seeds::{cloud_share, fastapi_sse, scaidrive, synckit};
+use serde_json::{Value, json};
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(5);
@@ -609,6 +611,530 @@ async fn synckit_reconnect_pulls_what_it_missed() {
     .unwrap();
     assert_eq!((status, &body[..]), (200, &br#"{"changes":4}"#[..]));
     assert!(client.wait_for(WAIT, |v| v.pulled == 4).await);
+}
+
+// ---- ScaiDrive ----
+
+/// (token, user): Alice has two tokens (two devices), Bob one.
+const SCAI_TOKENS: [(&str, &str); 3] = [
+    ("tok-alice", "alice"),
+    ("tok-alice-2", "alice"),
+    ("tok-bob", "bob"),
+];
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn scai_ws(mock: &scaidrive::Mock, path: &str, headers: &[(&str, &str)]) -> Ws {
+    scaidrive::connect(&mock.addr().into(), path, headers)
+        .await
+        .expect("handshake")
+}
+
+/// A realtime socket of `token` (query form), past its `connected` frame.
+async fn realtime(mock: &scaidrive::Mock, token: &str) -> Ws {
+    let mut ws = scai_ws(mock, &format!("{}?token={token}", scaidrive::REALTIME), &[]).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    ws
+}
+
+/// The next text frame, within the deadline; anything else fails the test.
+async fn next_text(ws: &mut Ws) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.as_str().to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("JSON frame")
+}
+
+async fn send(ws: &mut Ws, frame: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+        .await
+        .expect("send");
+}
+
+/// How the server ends the connection: its close code, or None for EOF or
+/// a reset without a close frame. Returns once the connection is over.
+async fn ending(ws: &mut Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("ends in time")
+        {
+            Some(Ok(Message::Close(c))) => {
+                // Read on, so tungstenite sends the answering close and the
+                // server's socket ends now rather than at its close timeout.
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+                return c.map(|c| u16::from(c.code));
+            }
+            Some(Ok(Message::Text(t))) => panic!("unexpected frame {t}"),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn scaidrive_query_and_bearer_handshakes_both_say_connected() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let before = scaidrive::timestamp(std::time::SystemTime::now());
+    let mut q = scai_ws(&mock, "/api/v1/realtime/ws?token=tok-alice", &[]).await;
+    let mut b = scai_ws(
+        &mock,
+        "/api/v1/realtime/ws",
+        &[("authorization", "Bearer tok-alice-2")],
+    )
+    .await;
+    for ws in [&mut q, &mut b] {
+        let text = next_text(ws).await;
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let ts = frame["timestamp"].as_str().unwrap().to_string();
+        assert_eq!(
+            text,
+            format!(r#"{{"type":"connected","user_id":"alice","timestamp":"{ts}"}}"#)
+        );
+        assert!(ts.len() == 20 && ts >= before, "RFC 3339 UTC, now: {ts}");
+    }
+    let mut bob = scai_ws(
+        &mock,
+        "/api/v1/realtime/ws",
+        &[("authorization", "bearer tok-bob")],
+    )
+    .await;
+    assert_eq!(next_json(&mut bob).await["user_id"], "bob");
+    assert_eq!((mock.open_for("alice"), mock.open_for("bob")), (2, 1));
+    assert_eq!((mock.connects(), mock.connects_for("alice")), (3, 2));
+    assert_eq!(
+        mock.sockets("alice")[0].endpoint,
+        scaidrive::Endpoint::Realtime
+    );
+
+    drop(q);
+    assert!(seeds::until(WAIT, || mock.open_for("alice") == 1).await);
+    assert_eq!(
+        scaidrive::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(1_776_939_302)),
+        "2026-04-23T10:15:02Z"
+    );
+    assert_eq!(
+        scaidrive::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(951_868_799)),
+        "2000-02-29T23:59:59Z"
+    );
+}
+
+#[tokio::test]
+async fn scaidrive_bad_tokens_complete_the_handshake_then_close_4401() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let cases: [(&str, &[(&str, &str)]); 7] = [
+        ("/api/v1/realtime/ws", &[]),
+        ("/api/v1/realtime/ws?token=", &[]),
+        ("/api/v1/realtime/ws?token=nope", &[]),
+        (
+            "/api/v1/realtime/ws",
+            &[("authorization", "Basic tok-alice")],
+        ),
+        ("/api/v1/realtime/ws", &[("authorization", "Bearer nope")]),
+        // The query token is the one read when both are there.
+        (
+            "/api/v1/realtime/ws?token=nope",
+            &[("authorization", "Bearer tok-alice")],
+        ),
+        ("/api/v1/sync/ws/dev-1?token=nope", &[]),
+    ];
+    for (i, (path, headers)) in cases.iter().enumerate() {
+        let mut ws = scai_ws(&mock, path, headers).await;
+        assert_eq!(ending(&mut ws).await, Some(4401), "{path} {headers:?}");
+        assert_eq!(mock.refusals(), i + 1);
+    }
+    assert_eq!((mock.connects(), mock.open_sockets()), (0, 0));
+
+    // Not a WebSocket handshake, or not a ScaiDrive path: plain HTTP errors.
+    let base: Base = mock.addr().into();
+    for (method, path, want) in [
+        ("GET", "/api/v1/realtime/ws?token=tok-alice", 400),
+        ("POST", "/api/v1/realtime/ws?token=tok-alice", 405),
+        ("GET", "/api/v1/sync/ws/", 404),
+        ("GET", "/api/v1/sync/ws/a/b", 404),
+        ("GET", "/api/v1/realtime", 404),
+    ] {
+        let (status, _) = eventsource::fetch(&base, method, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn scaidrive_realtime_ping_subscribe_unsubscribe_and_ignored_frames() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let mut ws = realtime(&mock, "tok-alice").await;
+
+    send(&mut ws, r#"{"action":"ping"}"#).await;
+    assert_eq!(next_text(&mut ws).await, r#"{"type":"pong"}"#);
+    send(&mut ws, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"{"type":"subscribed","share_id":"shr_a"}"#
+    );
+    send(&mut ws, r#"{"action":"subscribe","share_id":"shr_b"}"#).await;
+    // Subscribing twice is acknowledged again and holds it once.
+    send(&mut ws, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(next_json(&mut ws).await["share_id"], "shr_b");
+    assert_eq!(next_json(&mut ws).await["share_id"], "shr_a");
+    assert_eq!(mock.sockets("alice")[0].shares, ["shr_a", "shr_b"]);
+    assert_eq!(mock.subscribers("alice", "shr_a"), 1);
+
+    send(&mut ws, r#"{"action":"unsubscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"{"type":"unsubscribed","share_id":"shr_a"}"#
+    );
+    assert_eq!(mock.sockets("alice")[0].shares, ["shr_b"]);
+
+    // Nothing the page documents: no answer, and the socket carries on.
+    for junk in [
+        "not json",
+        r#"{"type":"ping"}"#,
+        r#"{"action":"subscribe"}"#,
+        r#"{"action":"subscribe","share_id":""}"#,
+        r#"{"action":"dance"}"#,
+        r#"["ping"]"#,
+    ] {
+        send(&mut ws, junk).await;
+    }
+    {
+        use futures_util::SinkExt;
+        ws.send(tokio_tungstenite::tungstenite::Message::binary(
+            b"\x00".to_vec(),
+        ))
+        .await
+        .unwrap();
+    }
+    send(&mut ws, r#"{"action":"ping"}"#).await;
+    assert_eq!(next_text(&mut ws).await, r#"{"type":"pong"}"#);
+    assert_eq!(mock.ignored_frames(), 7);
+    assert_eq!(mock.frames_received(), 13);
+    assert_eq!(mock.sockets("alice")[0].frames_received, 13);
+    assert_eq!(mock.pongs(), 2);
+    assert_eq!(mock.sockets("alice")[0].shares, ["shr_b"]);
+}
+
+#[tokio::test]
+async fn scaidrive_events_reach_only_sockets_subscribed_to_their_share() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let mut a = realtime(&mock, "tok-alice").await;
+    let mut b = realtime(&mock, "tok-alice-2").await;
+    let mut bob = realtime(&mock, "tok-bob").await;
+    for (ws, share) in [(&mut a, "shr_a"), (&mut b, "shr_b"), (&mut bob, "shr_a")] {
+        send(
+            ws,
+            &format!(r#"{{"action":"subscribe","share_id":"{share}"}}"#),
+        )
+        .await;
+        assert_eq!(next_json(ws).await["type"], "subscribed");
+    }
+
+    let data = json!({"file_id": "fil_1", "name": "spec.pdf"});
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &data), 1);
+    assert_eq!(
+        next_text(&mut a).await,
+        r#"{"event_type":"file_created","share_id":"shr_a","data":{"file_id":"fil_1","name":"spec.pdf"}}"#
+    );
+    // Had the event reached B or Bob, it would come before these.
+    assert_eq!(mock.emit("alice", "shr_b", "folder_created", &json!({})), 1);
+    assert_eq!(
+        mock.emit("bob", "shr_a", "file_deleted", &json!({"file_id": "fil_1"})),
+        1
+    );
+    assert_eq!(next_json(&mut b).await["event_type"], "folder_created");
+    assert_eq!(next_json(&mut bob).await["event_type"], "file_deleted");
+    assert_eq!(mock.emit("carol", "shr_a", "file_updated", &data), 0);
+
+    // Unsubscribed: nothing more for that share.
+    send(&mut a, r#"{"action":"unsubscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(next_json(&mut a).await["type"], "unsubscribed");
+    assert_eq!(mock.emit("alice", "shr_a", "file_updated", &data), 0);
+    send(&mut a, r#"{"action":"ping"}"#).await;
+    assert_eq!(next_text(&mut a).await, r#"{"type":"pong"}"#);
+    assert_eq!(scaidrive::REALTIME_EVENTS.len(), 5);
+}
+
+#[tokio::test]
+async fn scaidrive_force_sync_reaches_every_holder_of_the_share() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let mut a = realtime(&mock, "tok-alice").await;
+    let mut other = realtime(&mock, "tok-alice-2").await;
+    send(&mut a, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    send(&mut other, r#"{"action":"subscribe","share_id":"shr_b"}"#).await;
+    assert_eq!(next_json(&mut a).await["type"], "subscribed");
+    assert_eq!(next_json(&mut other).await["type"], "subscribed");
+    let mut sync = scai_ws(&mock, "/api/v1/sync/ws/dev-1?token=tok-alice", &[]).await;
+    send(&mut sync, r#"{"type":"subscribe"}"#).await;
+    assert_eq!(next_text(&mut sync).await, r#"{"type":"subscribed"}"#);
+
+    assert_eq!(mock.force_sync("alice", "shr_a"), 2);
+    let want = r#"{"event_type":"force_sync","share_id":"shr_a"}"#;
+    assert_eq!(next_text(&mut a).await, want);
+    assert_eq!(next_text(&mut sync).await, want);
+    assert_eq!(mock.force_sync("bob", "shr_a"), 0);
+    // The socket holding only shr_b got none: its next frame is its own.
+    assert_eq!(mock.force_sync("alice", "shr_b"), 2);
+    assert_eq!(next_json(&mut other).await["share_id"], "shr_b");
+    assert_eq!(next_json(&mut sync).await["share_id"], "shr_b");
+}
+
+#[tokio::test]
+async fn scaidrive_sync_socket_subscribes_once_for_every_share() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let mut sync = scai_ws(
+        &mock,
+        "/api/v1/sync/ws/dev-7",
+        &[("authorization", "Bearer tok-alice")],
+    )
+    .await;
+    assert!(seeds::until(WAIT, || mock.open_for("alice") == 1).await);
+    assert_eq!(
+        mock.sockets("alice")[0].endpoint,
+        scaidrive::Endpoint::Sync {
+            device_id: "dev-7".to_string()
+        }
+    );
+    // No `connected` on this endpoint, and nothing before `subscribe`.
+    assert_eq!(mock.change("alice", "shr_a", &json!({})), 0);
+    send(&mut sync, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_text(&mut sync).await, r#"{"type":"pong"}"#);
+    // The realtime socket's actions mean nothing here.
+    send(&mut sync, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    send(&mut sync, r#"{"type":"subscribe"}"#).await;
+    assert_eq!(next_text(&mut sync).await, r#"{"type":"subscribed"}"#);
+    assert!(mock.sockets("alice")[0].all_shares);
+    assert_eq!(mock.ignored_frames(), 1);
+
+    let entry = json!({"id": "chg_01J3L", "change_type": "updated", "resource_type": "file"});
+    assert_eq!(mock.change("alice", "shr_a", &entry), 1);
+    assert_eq!(mock.change("alice", "shr_z", &entry), 1);
+    assert_eq!(mock.preference_updated("alice", "shr_a", "dev-9"), 1);
+    assert_eq!(mock.change("bob", "shr_a", &entry), 0);
+    // Realtime events are not sync frames.
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &entry), 0);
+    assert_eq!(
+        next_text(&mut sync).await,
+        r#"{"event_type":"change","share_id":"shr_a","data":{"change_type":"updated","id":"chg_01J3L","resource_type":"file"}}"#
+    );
+    assert_eq!(next_json(&mut sync).await["share_id"], "shr_z");
+    assert_eq!(
+        next_text(&mut sync).await,
+        r#"{"event_type":"sync_preference_updated","share_id":"shr_a","device_id":"dev-9"}"#
+    );
+}
+
+#[tokio::test]
+async fn scaidrive_drop_all_loses_every_socket_and_nothing_survives_a_reconnect() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let mut a = realtime(&mock, "tok-alice").await;
+    let mut bob = realtime(&mock, "tok-bob").await;
+    send(&mut a, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(next_json(&mut a).await["type"], "subscribed");
+
+    mock.drop_all();
+    assert_eq!(
+        ending(&mut a).await,
+        None,
+        "no close frame: the backend is gone"
+    );
+    assert_eq!(ending(&mut bob).await, None);
+    assert_eq!(mock.open_sockets(), 0);
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &json!({})), 0);
+
+    // The server kept nothing: the new socket holds no share until asked.
+    let mut a = realtime(&mock, "tok-alice").await;
+    assert_eq!(mock.sockets("alice")[0].shares, Vec::<String>::new());
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &json!({})), 0);
+    send(&mut a, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+    assert_eq!(
+        next_text(&mut a).await,
+        r#"{"type":"subscribed","share_id":"shr_a"}"#
+    );
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &json!({})), 1);
+    assert_eq!(next_json(&mut a).await["event_type"], "file_created");
+    assert_eq!((mock.connects_for("alice"), mock.connects()), (2, 3));
+
+    // A clean shutdown instead: a close frame with the code asked for.
+    mock.close_all(1001);
+    assert_eq!(ending(&mut a).await, Some(1001));
+    assert!(seeds::until(WAIT, || mock.open_sockets() == 0).await);
+}
+
+// The default current-thread runtime matters here: the socket's task cannot
+// drain between the synchronous emits, so the fifth finds the buffer full.
+#[tokio::test]
+async fn scaidrive_full_buffer_sends_force_sync_and_closes() {
+    let mock = scaidrive::Mock::with_buffer(&SCAI_TOKENS, 4).await;
+    let mut a = realtime(&mock, "tok-alice").await;
+    let mut b = realtime(&mock, "tok-alice-2").await;
+    for ws in [&mut a, &mut b] {
+        send(ws, r#"{"action":"subscribe","share_id":"shr_a"}"#).await;
+        assert_eq!(next_json(ws).await["type"], "subscribed");
+    }
+    let took: Vec<usize> = (0..5)
+        .map(|i| mock.emit("alice", "shr_a", "file_updated", &json!({ "n": i })))
+        .collect();
+    assert_eq!(took, [2, 2, 2, 2, 0]);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            next_text(ws).await,
+            r#"{"event_type":"force_sync","share_id":"shr_a"}"#
+        );
+        assert_eq!(ending(ws).await, Some(scaidrive::OVERFLOW_CLOSE));
+    }
+    assert_eq!(mock.overflows(), 2);
+    assert!(seeds::until(WAIT, || mock.open_sockets() == 0).await);
+}
+
+#[tokio::test]
+async fn scaidrive_ui_client_heartbeats_reconnects_resubscribes_and_pulls() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let timing = scaidrive::Timing::scaled(300);
+    let ui = scaidrive::Client::start(
+        mock.url(),
+        "tok-alice",
+        scaidrive::Auth::Query,
+        &["shr_a", "shr_b"],
+        timing,
+    );
+    let tablet = scaidrive::Client::start(
+        mock.addr(),
+        "tok-alice-2",
+        scaidrive::Auth::Bearer,
+        &["shr_b"],
+        timing,
+    );
+    assert!(
+        ui.wait_for(WAIT, |v| v.subscribed.len() == 2 && v.pongs >= 2)
+            .await,
+        "{:?}",
+        ui.view()
+    );
+    assert!(tablet.wait_for(WAIT, |v| v.subscribed.len() == 1).await);
+    assert_eq!(ui.view().user_id.as_deref(), Some("alice"));
+    assert_eq!(mock.subscribers("alice", "shr_b"), 2);
+
+    assert_eq!(
+        mock.emit("alice", "shr_a", "file_created", &json!({"file_id": "f1"})),
+        1
+    );
+    assert_eq!(
+        mock.emit("alice", "shr_b", "file_deleted", &json!({"file_id": "f2"})),
+        2
+    );
+    assert!(ui.wait_for(WAIT, |v| v.events.len() == 2).await);
+    assert!(tablet.wait_for(WAIT, |v| v.events.len() == 1).await);
+    assert_eq!(tablet.view().events_of("file_deleted").len(), 1);
+
+    // Upstream loss: both come back, re-subscribe and pull once each.
+    mock.drop_all();
+    assert!(
+        ui.wait_for(WAIT, |v| v.reconnects == 1
+            && v.subscribed.len() == 2
+            && v.pulls == 1)
+            .await,
+        "{:?}",
+        ui.view()
+    );
+    assert!(
+        tablet
+            .wait_for(WAIT, |v| v.reconnects == 1 && v.subscribed.len() == 1)
+            .await
+    );
+    assert_eq!(mock.sockets("alice").len(), 2);
+    assert_eq!(mock.connects_for("alice"), 4);
+
+    assert_eq!(mock.force_sync("alice", "shr_a"), 1);
+    assert!(
+        ui.wait_for(WAIT, |v| v.force_syncs == 1 && v.pulls == 2)
+            .await
+    );
+    ui.unsubscribe("shr_a");
+    assert!(ui.wait_for(WAIT, |v| !v.subscribed.contains("shr_a")).await);
+    assert_eq!(mock.emit("alice", "shr_a", "file_created", &json!({})), 0);
+    ui.subscribe("shr_c");
+    assert!(ui.wait_for(WAIT, |v| v.subscribed.contains("shr_c")).await);
+    assert_eq!(ui.view().dead_heartbeats, 0);
+
+    // A clean close is a loss too: reconnect, with the current shares.
+    mock.close_all(1012);
+    assert!(
+        ui.wait_for(WAIT, |v| v.reconnects == 2
+            && v.subscribed.iter().eq(["shr_b", "shr_c"]))
+            .await,
+        "{:?}",
+        ui.view()
+    );
+    assert_eq!(ui.view().close_codes, [1012]);
+}
+
+#[tokio::test]
+async fn scaidrive_ui_client_stops_on_4401() {
+    let mock = scaidrive::Mock::start(&SCAI_TOKENS).await;
+    let ui = scaidrive::Client::start(
+        mock.url(),
+        "stale",
+        scaidrive::Auth::Bearer,
+        &["shr_a"],
+        scaidrive::Timing::scaled(1000),
+    );
+    assert!(ui.wait_for(WAIT, |v| v.refused).await, "{:?}", ui.view());
+    let v = ui.view();
+    assert_eq!(
+        (v.opens, v.close_codes, v.connected),
+        (1, vec![4401], false)
+    );
+    assert_eq!((mock.refusals(), mock.connects()), (1, 0));
+}
+
+#[tokio::test]
+async fn scaidrive_ui_client_treats_a_missing_pong_as_a_dead_connection() {
+    use futures_util::StreamExt;
+    // A backend that accepts and reads but never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    let ui = scaidrive::Client::start(
+        addr,
+        "tok-alice",
+        scaidrive::Auth::Query,
+        &[],
+        scaidrive::Timing::scaled(300),
+    );
+    assert!(
+        ui.wait_for(WAIT, |v| v.dead_heartbeats >= 1 && v.reconnects >= 1)
+            .await,
+        "{:?}",
+        ui.view()
+    );
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert_eq!(ui.view().pongs, 0);
 }
 
 // ---- the EventSource itself ----

@@ -2,7 +2,8 @@
 //! each with an emulation of that system's own client, so integration tests
 //! can put ssemux between a client and a backend it was not written against.
 //!
-//! Every mock listens on 127.0.0.1 only and answers bad input with a 4xx,
+//! Every mock listens on 127.0.0.1 only and answers bad input with a 4xx
+//! (the WebSocket mock, once upgraded, by ignoring it or a close code),
 //! never a panic. Not every test uses every item.
 
 #![allow(dead_code)]
@@ -13,6 +14,8 @@ pub mod cloud_share;
 pub mod eventsource;
 /// Seed 002.
 pub mod fastapi_sse;
+/// Seed 003.
+pub mod scaidrive;
 /// The mocks' common server side.
 pub mod serve;
 /// Seed 004.

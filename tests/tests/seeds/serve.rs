@@ -1,6 +1,7 @@
-//! The server side the three seed mocks share: an accept loop on a loopback
-//! port, small response helpers, and a registry of open SSE responses that
-//! the mocks' controls (send, drop, count) act on.
+//! The server side the seed mocks share: an accept loop on a loopback port
+//! (HTTP upgrades allowed, for the WebSocket mock), small response helpers,
+//! and a registry of open SSE responses that the SSE mocks' controls (send,
+//! drop, count) act on.
 //!
 //! It must never panic on a request and never interpret one (routing is each
 //! mock's); a stream counts as open exactly until hyper drops its body.
@@ -66,8 +67,10 @@ where
                             let fut = handler(req);
                             async move { Ok::<_, Infallible>(fut.await) }
                         });
+                        // With upgrades, so a WebSocket mock can take the
+                        // connection over after its `101`.
                         let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
+                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                             .await;
                     });
                 }
