@@ -108,6 +108,12 @@ impl Kind {
             k if scenario == "fanout-pass" && k != Kind::Ssemux => Some(
                 "pass-through rules are ssemux's; this step compares ssemux with itself (see the trigger fan-out for the peers)",
             ),
+            k if scenario == "outage" && k != Kind::Ssemux => Some(
+                "ssemux only: the peers have no upstream of their own to share, so there is no shared recovery to compare",
+            ),
+            k if scenario == "bursty" && k != Kind::Ssemux => {
+                Some("ssemux only: coalescing triggers is a rule of ssemux's translation")
+            }
             _ => None,
         }
     }
