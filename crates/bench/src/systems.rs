@@ -306,6 +306,66 @@ async fn wait_port(addr: SocketAddr, procs: &mut [Proc], within: Duration) -> an
     }
 }
 
+/// Wait until `GET path` at `addr` answers `200` three times in a row (each
+/// a fresh connection, closed at once), or fail after `within`.
+async fn wait_stream(
+    addr: SocketAddr,
+    path: &str,
+    procs: &mut [Proc],
+    within: Duration,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + within;
+    let mut ok_in_a_row = 0;
+    let mut last = String::from("no answer");
+    while ok_in_a_row < 3 {
+        for p in procs.iter_mut() {
+            if let Some(st) = p.exited() {
+                anyhow::bail!("{} exited during start-up ({st})", p.name);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no stream from {addr}{path} within {within:?} (last: {last})");
+        }
+        let probe = async {
+            let mut sock = TcpStream::connect(addr).await?;
+            sock.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await?;
+            anyhow::Ok(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(line)) if line.starts_with("HTTP/1.1 200") => ok_in_a_row += 1,
+            Ok(Ok(line)) => {
+                ok_in_a_row = 0;
+                last = line;
+            }
+            Ok(Err(e)) => {
+                ok_in_a_row = 0;
+                last = e.to_string();
+            }
+            Err(_) => {
+                ok_in_a_row = 0;
+                last = "no answer within 2 s".into();
+            }
+        }
+        if ok_in_a_row < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -646,6 +706,16 @@ impl System {
                 let mut p = vec![Proc::spawn("pushpin", cmd, &env.work.join("pushpin.log"))?];
                 wait_port(lo(PUSHPIN_PORT), &mut p, Duration::from_secs(30)).await?;
                 wait_port(lo(PUSHPIN_PUBLISH_PORT), &mut p, Duration::from_secs(30)).await?;
+                // Its ports listen before its pipeline (proxy, handler,
+                // zurl) is connected: tabs opened in that window got 500s
+                // and time-outs. Wait until a stream opens end to end.
+                wait_stream(
+                    lo(PUSHPIN_PORT),
+                    "/events/benchready",
+                    &mut p,
+                    Duration::from_secs(30),
+                )
+                .await?;
                 sys.servers = p;
                 sys.tab_addr = lo(PUSHPIN_PORT);
             }
