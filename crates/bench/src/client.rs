@@ -17,10 +17,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::pass;
-use crate::stats::{Recorder, now_us};
+use crate::stats::{MIN_STAMP_US, Recorder, now_us};
 
 /// Where and how one tab connects.
 #[derive(Clone, Debug)]
@@ -38,6 +39,13 @@ pub struct TabSpec {
     /// Pass-through fan-out: the user whose [`pass`] payloads this tab must
     /// receive byte for byte (`None`: timestamps as trigger data).
     pub pass_user: Option<usize>,
+    /// Events whose data is exactly this are counted as sentinels (the
+    /// bursty chat step's end-of-burst marker), nothing else.
+    pub sentinel: Option<Arc<str>>,
+    /// Held from connect to response head on the tab's *first* open, so a
+    /// population opens with a bounded number of opens in flight (the same
+    /// for every system; see `scenarios::OPEN_IN_FLIGHT`).
+    pub open_gate: Option<Arc<Semaphore>>,
 }
 
 /// One user's open tabs, as the client sees them.
@@ -63,19 +71,41 @@ const MAX_RECONNECTS: u32 = 50;
 /// A browser's default reconnect delay when the stream sent no `retry:`.
 const DEFAULT_RETRY_MS: u64 = 3000;
 
+/// What a tab carries across its reconnects, as a browser's EventSource does
+/// (`Last-Event-ID`, `retry:`), plus the marks it has already counted.
+struct TabState {
+    last_id: Option<String>,
+    retry_ms: u64,
+    /// The [`Recorder::resync_mark`] this tab already counted a resync for.
+    resync_mark: u64,
+    /// The [`Recorder::arrival_mark`] this tab already counted an arrival for.
+    arrival_mark: u64,
+}
+
 /// One tab: open the stream, read it until `stop`, reconnecting like a
 /// browser's EventSource (after `retry:` ms, with `Last-Event-ID`).
 pub async fn run_tab(spec: TabSpec, rec: Arc<Recorder>, stop: CancellationToken) {
-    let mut last_id: Option<String> = None;
-    let mut retry_ms = DEFAULT_RETRY_MS;
-    let mut my_mark = rec.resync_mark.load(Ordering::SeqCst);
+    let mut st = TabState {
+        last_id: None,
+        retry_ms: DEFAULT_RETRY_MS,
+        resync_mark: rec.resync_mark.load(Ordering::SeqCst),
+        arrival_mark: 0,
+    };
+    let mut gate = spec.open_gate.clone();
     for _ in 0..=MAX_RECONNECTS {
         if stop.is_cancelled() {
             return;
         }
+        let permit = match gate.take() {
+            Some(g) => tokio::select! {
+                _ = stop.cancelled() => return,
+                p = g.acquire_owned() => p.ok(),
+            },
+            None => None,
+        };
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            r = one_stream(&spec, &rec, &mut last_id, &mut retry_ms, &mut my_mark) => r,
+            r = one_stream(&spec, &rec, &mut st, permit) => r,
         };
         match outcome {
             Ok(()) => {
@@ -85,7 +115,7 @@ pub async fn run_tab(spec: TabSpec, rec: Arc<Recorder>, stop: CancellationToken)
         }
         // Browsers wait `retry` before reconnecting; add a little jitter so
         // thousands of tabs do not land in the same millisecond.
-        let wait = retry_ms + fastrand::u64(0..=retry_ms / 10 + 1);
+        let wait = st.retry_ms + fastrand::u64(0..=st.retry_ms / 10 + 1);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -106,12 +136,13 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
+/// One stream of a tab, until it ends. `permit` (first open only) is given
+/// back once the response head is in, whatever it says.
 async fn one_stream(
     spec: &TabSpec,
     rec: &Recorder,
-    last_id: &mut Option<String>,
-    retry_ms: &mut u64,
-    my_mark: &mut u64,
+    st: &mut TabState,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> anyhow::Result<()> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(spec.source, 0)))?;
@@ -132,11 +163,12 @@ async fn one_stream(
     if let Some(c) = &spec.cookie {
         req = req.header(http::header::COOKIE, c.as_str());
     }
-    if let Some(id) = last_id.as_deref() {
+    if let Some(id) = st.last_id.as_deref() {
         req = req.header("last-event-id", id);
     }
     let req = req.body(Empty::<Bytes>::new())?;
     let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await??;
+    drop(permit);
     if resp.status() != http::StatusCode::OK {
         anyhow::bail!("status {}", resp.status());
     }
@@ -156,46 +188,89 @@ async fn one_stream(
         let now = now_us();
         rec.wire_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        rec.chunks.fetch_add(1, Ordering::Relaxed);
         parser.feed(&data, |ev| match ev {
-            Item::Id(id) => *last_id = Some(id),
-            Item::Retry(ms) => *retry_ms = ms,
-            Item::Event { name, data } => {
-                if name == "resync" {
-                    rec.resyncs.fetch_add(1, Ordering::Relaxed);
-                    let mark = rec.resync_mark.load(Ordering::SeqCst);
-                    if mark > *my_mark {
-                        *my_mark = mark;
-                        rec.resynced_tabs.fetch_add(1, Ordering::SeqCst);
-                    }
-                } else if let Some(user) = spec.pass_user {
-                    if name != pass::EVENT && !pass::looks_like(&data) {
-                        rec.other.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    let exact =
-                        pass::check(&data, user, &mut scratch).filter(|_| name == pass::EVENT);
-                    match exact {
-                        Some(ts) => {
-                            rec.delivered.fetch_add(1, Ordering::Relaxed);
-                            rec.latency.record(now.saturating_sub(ts));
-                        }
-                        None => {
-                            rec.mismatched.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                } else if let Some(ts) = std::str::from_utf8(&data)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                {
-                    rec.delivered.fetch_add(1, Ordering::Relaxed);
-                    rec.latency.record(now.saturating_sub(ts));
-                } else {
-                    rec.other.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            Item::Id(id) => st.last_id = Some(id),
+            Item::Retry(ms) => st.retry_ms = ms,
+            Item::Event { name, data } => on_event(spec, rec, st, now, &name, &data, &mut scratch),
         })?;
     }
     Ok(())
+}
+
+/// Count (and time) one dispatched event.
+fn on_event(
+    spec: &TabSpec,
+    rec: &Recorder,
+    st: &mut TabState,
+    now: u64,
+    name: &str,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+) {
+    rec.events.fetch_add(1, Ordering::Relaxed);
+    if spec
+        .sentinel
+        .as_deref()
+        .is_some_and(|s| s.as_bytes() == data)
+    {
+        rec.sentinels.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    match name {
+        "resync" => {
+            rec.resyncs.fetch_add(1, Ordering::Relaxed);
+            let mark = rec.resync_mark.load(Ordering::SeqCst);
+            if mark > st.resync_mark {
+                st.resync_mark = mark;
+                rec.resynced_tabs.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        }
+        "upstream-down" => {
+            rec.upstream_down.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        "upstream-up" => {
+            rec.upstream_up.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        _ => {}
+    }
+    if let Some(user) = spec.pass_user {
+        if name != pass::EVENT && !pass::looks_like(data) {
+            rec.other.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let exact = pass::check(data, user, scratch).filter(|_| name == pass::EVENT);
+        match exact {
+            Some(ts) => {
+                rec.delivered.fetch_add(1, Ordering::Relaxed);
+                rec.latency.record(now.saturating_sub(ts));
+            }
+            None => {
+                rec.mismatched.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return;
+    }
+    let stamp = std::str::from_utf8(data)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&ts| ts >= MIN_STAMP_US);
+    let Some(ts) = stamp else {
+        rec.other.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    rec.delivered.fetch_add(1, Ordering::Relaxed);
+    rec.latency.record(now.saturating_sub(ts));
+    let mark = rec.arrival_mark.load(Ordering::SeqCst);
+    if mark > 0 && ts >= mark && st.arrival_mark < mark {
+        st.arrival_mark = mark;
+        let back = rec.back_at_us.load(Ordering::SeqCst);
+        rec.recovery.record(now.saturating_sub(back));
+        rec.arrived_tabs.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// What the SSE reader reports.

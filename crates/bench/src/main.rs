@@ -15,6 +15,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod systems;
+mod tap;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::scenarios::Profile;
-use crate::systems::{Env, Kind, Payload, System};
+use crate::systems::{Env, Kind, Payload, Setup, System};
 
 /// Load generator and side-by-side benchmark runner for ssemux.
 #[derive(Parser)]
@@ -62,12 +63,23 @@ enum Cmd {
         /// Plot script (python3 + matplotlib).
         #[arg(long, default_value = "bench/plot.py")]
         plot_script: PathBuf,
-        /// Comma-separated scenarios (default:
-        /// fanout,fanout-pass,idle,churn,storm). `fanout-pass` is ssemux
-        /// only: the fan-out with a pass-through rule and 1 KiB events,
-        /// compared with `fanout` of the same run when both are selected.
-        #[arg(long, default_value = "fanout,fanout-pass,idle,churn,storm")]
+        /// Comma-separated scenarios (default: all of
+        /// fanout,fanout-pass,idle,churn,storm,outage,bursty). `fanout-pass`
+        /// is ssemux only: the fan-out with a pass-through rule and 1 KiB
+        /// events, compared with `fanout` of the same run when both are
+        /// selected. `outage` (backend refusing streams, then back) and
+        /// `bursty` (bursts of chat messages, coalescing on and off) are
+        /// ssemux only too.
+        #[arg(
+            long,
+            default_value = "fanout,fanout-pass,idle,churn,storm,outage,bursty"
+        )]
         scenarios: String,
+        /// Rounds: every system's scenarios are run this many times (round
+        /// 2 in reverse system order), and the report gives each figure's
+        /// spread over the rounds.
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
         /// Added to every loopback port the run uses (18080–18111 by
         /// default), so two runs on one machine do not collide.
         #[arg(long, default_value_t = 0)]
@@ -106,8 +118,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Floor { listen, control } => rt.block_on(floor::serve(listen, control)),
         Cmd::Report { json, markdown } => {
             let run: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-            std::fs::write(&markdown, report::markdown(&run))?;
-            Ok(())
+            write_markdown(&markdown, &run)
         }
         Cmd::Run {
             profile,
@@ -119,7 +130,11 @@ fn main() -> anyhow::Result<()> {
             ssemux_set,
             scenarios,
             port_offset,
+            repeat,
         } => {
+            if repeat == 0 || repeat > 10 {
+                anyhow::bail!("--repeat must be 1..=10");
+            }
             systems::set_port_offset(port_offset)?;
             let profile = match profile.as_str() {
                 "quick" => Profile::quick(),
@@ -150,11 +165,18 @@ fn main() -> anyhow::Result<()> {
                 ssemux_sets: ssemux_set,
             };
             let wanted: Vec<String> = scenarios.split(',').map(|s| s.trim().to_string()).collect();
+            if let Some(bad) = wanted
+                .iter()
+                .find(|w| !steps(&profile).iter().any(|(n, _)| n == w))
+            {
+                anyhow::bail!("unknown scenario {bad:?}");
+            }
             let r = rt.block_on(run(
                 &env,
                 &profile,
                 &kinds,
                 &wanted,
+                repeat,
                 (&out_dir, &markdown, &plot_script),
             ));
             // Tab tasks may still be winding down; do not wait for them.
@@ -162,6 +184,22 @@ fn main() -> anyhow::Result<()> {
             r
         }
     }
+}
+
+/// Write the report of `run` to `path`, keeping the sections of the file
+/// there that were written by hand (from the first heading that says
+/// "written by hand"), after the generated part.
+fn write_markdown(path: &Path, run: &Value) -> anyhow::Result<()> {
+    let by_hand = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| report::hand_written(&old).map(str::to_string));
+    let mut text = report::markdown(run);
+    if let Some(h) = by_hand {
+        text.push('\n');
+        text.push_str(&h);
+    }
+    std::fs::write(path, text)?;
+    Ok(())
 }
 
 fn sh(cmd: &str) -> String {
@@ -199,18 +237,18 @@ async fn on_fresh(
     users: usize,
     f: impl AsyncFnOnce(&Arc<System>) -> Value,
 ) -> Result<Value, String> {
-    on_fresh_with(kind, env, users, Payload::Triggers, f).await
+    on_fresh_with(kind, env, users, &Setup::default(), f).await
 }
 
-/// [`on_fresh`] with the system's events carrying `payload`.
+/// [`on_fresh`] with the system started as `setup` says.
 async fn on_fresh_with(
     kind: Kind,
     env: &Env,
     users: usize,
-    payload: Payload,
+    setup: &Setup,
     f: impl AsyncFnOnce(&Arc<System>) -> Value,
 ) -> Result<Value, String> {
-    let sys = match System::start(kind, env, users, payload).await {
+    let sys = match System::start(kind, env, users, setup).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let tail = log_tail(env, kind);
@@ -229,10 +267,152 @@ async fn on_fresh_with(
         }
     };
     let v = f(&sys).await;
+    let tab_addr = sys.tab_addr();
     drop(sys);
-    // Let sockets of the stopped system close before the next one binds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The next system binds the same ports: wait until this one's are
+    // closed (its processes are gone once `drop` returns; the sockets of
+    // its tabs may take a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && tokio::net::TcpStream::connect(tab_addr).await.is_ok()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(v)
+}
+
+/// The scenarios, in run order, with the users each starts with.
+fn steps(p: &Profile) -> [(&'static str, usize); 7] {
+    [
+        ("fanout", p.fanout_users),
+        ("fanout-pass", p.fanout_users),
+        ("idle", p.idle_users),
+        ("churn", p.churn_users),
+        ("storm", p.storm_users),
+        ("outage", p.outage_users),
+        ("bursty", p.bursty_peers + 2),
+    ]
+}
+
+/// One round of every wanted scenario for one system: a JSON object with
+/// one key per scenario and `status` (`ok` or why the system did not start).
+async fn run_system(kind: Kind, env: &Env, profile: &Profile, wanted: &[String]) -> Value {
+    let grace = Duration::from_secs(10);
+    let mut entry = json!({"status": "ok"});
+    for (name, users) in steps(profile) {
+        if !wanted.iter().any(|w| w == name) {
+            entry[name] = json!({"n/a": "not selected for this run"});
+            continue;
+        }
+        if let Some(why) = kind.not_applicable(name) {
+            entry[name] = json!({ "n/a": why });
+            continue;
+        }
+        if name == "churn" && !kind.has_backend_stream() {
+            entry[name] = scenarios::churn_na();
+            continue;
+        }
+        if name == "storm" && !kind.has_backend_stream() {
+            entry[name] = scenarios::storm_na();
+            continue;
+        }
+        eprintln!("   {name}…");
+        let started = std::time::Instant::now();
+        let p = profile.clone();
+        let r = match name {
+            "fanout" => on_fresh(kind, env, users, async |s| scenarios::fanout(s, &p).await).await,
+            "fanout-pass" => {
+                on_fresh_with(
+                    kind,
+                    env,
+                    users,
+                    &Setup::payload(Payload::Pass),
+                    async |s| scenarios::fanout(s, &p).await,
+                )
+                .await
+            }
+            "idle" => idle_with_split(kind, env, &p).await,
+            "churn" => {
+                on_fresh(kind, env, users, async |s| {
+                    scenarios::churn(s, &p, grace).await
+                })
+                .await
+            }
+            "storm" => on_fresh(kind, env, users, async |s| scenarios::storm(s, &p).await).await,
+            "outage" => outage(kind, env, &p).await,
+            _ => bursty_both(kind, env, &p).await,
+        };
+        match r {
+            Ok(mut v) => {
+                eprintln!("   {name}: {}", short(&v));
+                if v.is_object() {
+                    v["wall_secs"] = json!(started.elapsed().as_secs_f64());
+                }
+                entry[name] = v;
+            }
+            Err(e) => {
+                eprintln!("   {} could not start: {e}", kind.name());
+                entry["status"] = json!(format!("could not start: {e}"));
+                break;
+            }
+        }
+    }
+    if entry["fanout"].get("steps").is_some() && entry["fanout-pass"].get("steps").is_some() {
+        entry["fanout-pass"]["vs_trigger"] =
+            scenarios::pass_vs_trigger(&entry["fanout"], &entry["fanout-pass"]);
+    }
+    entry
+}
+
+/// Every system's scenarios `repeat` times: round 1 in the given order,
+/// round 2 in reverse, and so on, so a drift in the machine's load favours
+/// no system. Each system's entry holds its rounds under `runs`, and round
+/// 1's scenarios at the top level (as single-run tools read them).
+async fn run_rounds(
+    env: &Env,
+    profile: &Profile,
+    kinds: &[Kind],
+    wanted: &[String],
+    repeat: usize,
+) -> Vec<Value> {
+    let mut entries: Vec<Value> = kinds
+        .iter()
+        .map(|k| json!({"system": k.name(), "status": "ok", "runs": []}))
+        .collect();
+    for round in 0..repeat {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..kinds.len()).collect()
+        } else {
+            (0..kinds.len()).rev().collect()
+        };
+        for i in order {
+            if entries[i]["status"] != "ok" {
+                continue;
+            }
+            let kind = kinds[i];
+            eprintln!("== {} (round {}/{repeat})", kind.name(), round + 1);
+            let mut r = run_system(kind, env, profile, wanted).await;
+            r["round"] = json!(round + 1);
+            r["load_average"] = json!(sh("cat /proc/loadavg"));
+            if r["status"] != "ok" {
+                entries[i]["status"] = r["status"].clone();
+            }
+            if let Some(runs) = entries[i]["runs"].as_array_mut() {
+                runs.push(r);
+            }
+        }
+    }
+    for e in &mut entries {
+        let first = e["runs"].get(0).cloned();
+        if let Some(Value::Object(first)) = first {
+            for (k, v) in first {
+                if k != "status" && k != "round" && k != "load_average" {
+                    e[k.as_str()] = v;
+                }
+            }
+        }
+    }
+    entries
 }
 
 async fn run(
@@ -240,79 +420,14 @@ async fn run(
     profile: &Profile,
     kinds: &[Kind],
     wanted: &[String],
+    repeat: usize,
     (out_dir, markdown, plot_script): (&Path, &Path, &Path),
 ) -> anyhow::Result<()> {
     let started = sh("date -u +%Y-%m-%dT%H:%M:%SZ");
     let stamp = sh("date -u +%Y%m%dT%H%M%SZ");
+    let t0 = std::time::Instant::now();
     std::fs::create_dir_all(out_dir)?;
-    let grace = Duration::from_secs(10);
-    let mut results = Vec::new();
-    for &kind in kinds {
-        eprintln!("== {}", kind.name());
-        let mut entry = json!({"system": kind.name(), "status": "ok"});
-        let steps: [(&str, usize); 5] = [
-            ("fanout", profile.fanout_users),
-            ("fanout-pass", profile.fanout_users),
-            ("idle", profile.idle_users),
-            ("churn", profile.churn_users),
-            ("storm", profile.storm_users),
-        ];
-        for (name, users) in steps {
-            if !wanted.iter().any(|w| w == name) {
-                entry[name] = json!({"n/a": "not selected for this run"});
-                continue;
-            }
-            if let Some(why) = kind.not_applicable(name) {
-                entry[name] = json!({ "n/a": why });
-                continue;
-            }
-            if name == "churn" && !kind.has_backend_stream() {
-                entry[name] = scenarios::churn_na();
-                continue;
-            }
-            if name == "storm" && !kind.has_backend_stream() {
-                entry[name] = scenarios::storm_na();
-                continue;
-            }
-            eprintln!("   {name}…");
-            let p = profile.clone();
-            let r = match name {
-                "fanout" => {
-                    on_fresh(kind, env, users, async |s| scenarios::fanout(s, &p).await).await
-                }
-                "fanout-pass" => {
-                    on_fresh_with(kind, env, users, Payload::Pass, async |s| {
-                        scenarios::fanout(s, &p).await
-                    })
-                    .await
-                }
-                "idle" => idle_with_split(kind, env, &p).await,
-                "churn" => {
-                    on_fresh(kind, env, users, async |s| {
-                        scenarios::churn(s, &p, grace).await
-                    })
-                    .await
-                }
-                _ => on_fresh(kind, env, users, async |s| scenarios::storm(s, &p).await).await,
-            };
-            match r {
-                Ok(v) => {
-                    eprintln!("   {name}: {}", short(&v));
-                    entry[name] = v;
-                }
-                Err(e) => {
-                    eprintln!("   {} could not start: {e}", kind.name());
-                    entry["status"] = json!(format!("could not start: {e}"));
-                    break;
-                }
-            }
-        }
-        if entry["fanout"].get("steps").is_some() && entry["fanout-pass"].get("steps").is_some() {
-            entry["fanout-pass"]["vs_trigger"] =
-                scenarios::pass_vs_trigger(&entry["fanout"], &entry["fanout-pass"]);
-        }
-        results.push(entry);
-    }
+    let results = run_rounds(env, profile, kinds, wanted, repeat).await;
     let json_path = out_dir.join(format!("run-{}-{stamp}.json", profile.name));
     let plot_path = out_dir.join(format!("fanout-{}.png", profile.name));
     let mut run = json!({
@@ -321,6 +436,9 @@ async fn run(
         "profile": profile,
         "ssemux_overrides": env.ssemux_sets,
         "load_average": sh("cat /proc/loadavg"),
+        "repeat": repeat,
+        "scenarios": wanted,
+        "wall_secs": t0.elapsed().as_secs_f64(),
         "systems": results,
         "json_path": json_path.display().to_string(),
         "plot_path": plot_path.display().to_string(),
@@ -334,6 +452,21 @@ async fn run(
                 pass::DATA_BYTES
             ),
             "Churn and storm only apply to systems with a per-user backend stream (ssemux, nginx pass-through); they are reported n/a for the publish-model systems.",
+            format!(
+                "Rounds: every system's scenarios ran {repeat} time(s), round 2 in reverse system order; each figure is the median over the rounds in which it counts, with min–max. A measurement counts only if every tab the scenario opens opened with no failed open and no dropped stream (storm: before the restart; churn: no failed open at all); otherwise it is INVALID with the count and the reason and is left out."
+            ),
+            format!(
+                "Tab opens: every system's tabs open at most {} at a time (connect to response head, first open only; reconnects are not paced). Pushpin failed 200–1,700 opens with 502 (and some 500) when 500 were launched at once: its proxy hands each new request to zurl through a ZeroMQ socket with a fixed high-water mark of 100 and fails a request that finds it full at once (its log: `target error state=1, condition=8`, unavailable); reproduced outside the bench (4,000 opens 64 or 100 at a time: all 200; 200 at a time: 112 × 502). Not a connect-rate, backlog, fd or worker limit of the configuration the bench writes; nothing in Pushpin's configuration raises it. Pushpin also answered 500 or nothing to tabs opened right after its start (its ports listen before its proxy, handler and zurl are connected): the runner waits for three streams in a row through it first.",
+                scenarios::OPEN_IN_FLIGHT
+            ),
+            format!(
+                "Outage (ssemux only; the peers have no upstream to share): {} users, one tab each, through a counting relay in the bench between ssemux and the mock (it forwards every request and stamps each events request, refused or not); the mock refuses events requests with 503 for {} s (issue: 30 s) and drops every stream at the start. The goal users ÷ `upstream.connects_per_second` + 1 s takes the rate from `ssemux check-config --print` with the run's `--ssemux-set`s.",
+                profile.outage_users, profile.outage_secs
+            ),
+            format!(
+                "Bursty chat (ssemux only): {} peers × {} messages per burst to one user with {} tabs, {} bursts; coalescing on and off are the binary's default rules (from `check-config --print`) with `coalesce = true` / `false` in every rule; a binary that refuses the key runs \"on\" with its built-in rules and reports \"off\" as not available.",
+                profile.bursty_peers, profile.bursty_messages, profile.bursty_tabs, profile.bursty_bursts
+            ),
             format!(
                 "Idle split (ssemux only): the idle scenario again at {} on fresh systems (same tabs, different users); PSS after − before = users × per-user + tabs × per-tab, solved from those two layouts.",
                 profile
@@ -365,7 +498,7 @@ async fn run(
             plot_script.display()
         )));
     }
-    std::fs::write(markdown, report::markdown(&run))?;
+    write_markdown(markdown, &run)?;
     eprintln!(
         "wrote {}, {} and {}",
         json_path.display(),
@@ -373,6 +506,80 @@ async fn run(
         markdown.display()
     );
     Ok(())
+}
+
+/// The outage scenario on a fresh ssemux behind the counting tap; the
+/// recovery goal uses `upstream.connects_per_second` as this binary (with
+/// the run's `--ssemux-set`s) says it is configured.
+async fn outage(kind: Kind, env: &Env, p: &Profile) -> Result<Value, String> {
+    let effective = systems::ssemux_check(env, "outage", "");
+    let cps = effective
+        .as_ref()
+        .ok()
+        .and_then(systems::connects_per_second);
+    let setup = Setup {
+        tap: true,
+        ..Setup::default()
+    };
+    let mut v = on_fresh_with(kind, env, p.outage_users, &setup, async |s| {
+        scenarios::outage(s, p, cps).await
+    })
+    .await?;
+    if let Err(e) = effective {
+        v["config_error"] = json!(format!("connects_per_second unknown: {e}"));
+    }
+    Ok(v)
+}
+
+/// The bursty chat step twice on fresh systems: with the default rules'
+/// `coalesce = true` and with `coalesce = false`, both copied from this
+/// binary's `check-config --print`. A binary that refuses the key runs "on"
+/// with its built-in rules and reports "off" as not available.
+async fn bursty_both(kind: Kind, env: &Env, p: &Profile) -> Result<Value, String> {
+    let users = p.bursty_peers + 2;
+    let effective = match systems::ssemux_check(env, "defaults", "") {
+        Ok(e) => e,
+        Err(e) => return Ok(json!({"error": format!("check-config of the defaults: {e}")})),
+    };
+    let mut out = json!({});
+    for (label, flag) in [("on", true), ("off", false)] {
+        let file = systems::rules_with_coalesce(&effective, flag);
+        let checked = match &file {
+            Some(f) => systems::ssemux_check(env, &format!("coalesce-{label}"), f).map(|_| ()),
+            None => Err("check-config --print shows no [[translate.rules]]".to_string()),
+        };
+        let (setup, config) = match checked {
+            Ok(()) => (
+                Setup {
+                    ssemux_config: file,
+                    ..Setup::default()
+                },
+                format!("this binary's default rules with coalesce = {flag} in every rule"),
+            ),
+            Err(why) if flag => (
+                Setup::default(),
+                format!(
+                    "this binary's built-in default rules (it refuses an explicit coalesce: {why})"
+                ),
+            ),
+            Err(why) => {
+                out[label] = json!({
+                    "available": false,
+                    "why": format!("coalescing not available in this binary: {why}"),
+                });
+                continue;
+            }
+        };
+        let mut v = on_fresh_with(kind, env, users, &setup, async |s| {
+            scenarios::bursty(s, p).await
+        })
+        .await?;
+        v["available"] = json!(true);
+        v["config"] = json!(config);
+        out[label] = v;
+    }
+    out["off_vs_on"] = scenarios::bursty_compare(&out["on"], &out["off"]);
+    Ok(out)
 }
 
 /// The idle scenario at the profile's layout and, for ssemux, at the two

@@ -118,6 +118,27 @@ pub struct Recorder {
     pub resync_mark: AtomicU64,
     /// Tabs that saw a `resync` since [`Recorder::resync_mark`] was raised.
     pub resynced_tabs: AtomicUsize,
+    /// Outage bookkeeping: a tab counts as receiving again once it gets a
+    /// trigger stamped at or after this (µs since the epoch; 0 = off).
+    pub arrival_mark: AtomicU64,
+    /// When the backend came back (µs since the epoch), for the per-tab
+    /// recovery times.
+    pub back_at_us: AtomicU64,
+    /// Tabs that got a trigger stamped at or after [`Recorder::arrival_mark`].
+    pub arrived_tabs: AtomicUsize,
+    /// Per-tab time from [`Recorder::back_at_us`] to that trigger, µs.
+    pub recovery: Histogram,
+    /// `upstream-down` events received.
+    pub upstream_down: AtomicU64,
+    /// `upstream-up` events received.
+    pub upstream_up: AtomicU64,
+    /// Body chunks the tabs read (one per hyper data frame: at most the
+    /// client's 4 KiB read buffer each).
+    pub chunks: AtomicU64,
+    /// Every SSE event dispatched to the tabs, whatever its name or data.
+    pub events: AtomicU64,
+    /// Events whose data was the tab's sentinel (see `TabSpec::sentinel`).
+    pub sentinels: AtomicU64,
     /// Latency upstream emit → tab receive, µs.
     pub latency: Histogram,
     /// Why opens failed, by reason (first words of the error); rare path.
@@ -132,6 +153,8 @@ impl Recorder {
         self.mismatched.store(0, Ordering::SeqCst);
         self.wire_bytes.store(0, Ordering::SeqCst);
         self.resyncs.store(0, Ordering::SeqCst);
+        self.chunks.store(0, Ordering::SeqCst);
+        self.events.store(0, Ordering::SeqCst);
         self.latency.reset();
     }
 
@@ -162,7 +185,18 @@ impl Recorder {
         self.resynced_tabs.store(0, Ordering::SeqCst);
         self.resync_mark.fetch_add(1, Ordering::SeqCst) + 1
     }
+
+    /// Start counting tabs that get a trigger stamped at or after `ts_us`.
+    pub fn arm_arrival_mark(&self, ts_us: u64) {
+        self.arrived_tabs.store(0, Ordering::SeqCst);
+        self.recovery.reset();
+        self.arrival_mark.store(ts_us, Ordering::SeqCst);
+    }
 }
+
+/// Timestamps below this (µs since the epoch, ~2001) are no emit stamps of
+/// ours: `upstream-down`'s `1`, say, must not be timed as a trigger.
+pub const MIN_STAMP_US: u64 = 1_000_000_000_000_000;
 
 /// Microseconds since the Unix epoch: the clock every system's timestamps use
 /// (all processes run on this one machine).

@@ -31,6 +31,7 @@ use tokio::sync::Mutex;
 use crate::client::{TabSpec, source_ip};
 use crate::pass;
 use crate::procs::Proc;
+use crate::tap::Tap;
 
 /// The systems, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -107,6 +108,12 @@ impl Kind {
             k if scenario == "fanout-pass" && k != Kind::Ssemux => Some(
                 "pass-through rules are ssemux's; this step compares ssemux with itself (see the trigger fan-out for the peers)",
             ),
+            k if scenario == "outage" && k != Kind::Ssemux => Some(
+                "ssemux only: the peers have no upstream of their own to share, so there is no shared recovery to compare",
+            ),
+            k if scenario == "bursty" && k != Kind::Ssemux => {
+                Some("ssemux only: coalescing triggers is a rule of ssemux's translation")
+            }
             _ => None,
         }
     }
@@ -126,10 +133,11 @@ impl Kind {
 }
 
 /// What the upstream events carry and what the tabs receive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Payload {
     /// `inbound {peer: <ts>}` upstream, two short triggers per tab (ssemux's
     /// default rules); every system.
+    #[default]
     Triggers,
     /// ssemux with a `*` pass-through rule: a [`pass::DATA_BYTES`] JSON
     /// event upstream, the same event byte for byte at every tab.
@@ -154,6 +162,30 @@ impl Payload {
     }
 }
 
+/// How ssemux is started for a scenario, beyond the payload.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// What the upstream events carry.
+    pub payload: Payload,
+    /// A configuration file for ssemux (TOML text), if any.
+    pub ssemux_config: Option<String>,
+    /// Put the counting [`Tap`] between ssemux and the mock.
+    pub tap: bool,
+}
+
+impl Setup {
+    /// Just a payload.
+    pub fn payload(payload: Payload) -> Setup {
+        Setup {
+            payload,
+            ..Setup::default()
+        }
+    }
+}
+
+/// The mock's events path, which ssemux uses by default.
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
 /// Mock batch requests stay under this (its cap is 4 MiB): a tick of 1 KiB
 /// pass-through events at the top rates is larger and goes as several.
 const BATCH_BYTES: usize = 2 * 1024 * 1024;
@@ -171,6 +203,8 @@ pub struct Env {
 
 const MOCK_PORT: u16 = 18_081;
 const SSEMUX_PORT: u16 = 18_080;
+/// The counting relay between ssemux and the mock (outage scenario).
+const TAP_PORT: u16 = 18_082;
 const NGINX_PORT: u16 = 18_090;
 const NCHAN_PORT: u16 = 18_091;
 const NGINX_TLS_PORT: u16 = 18_092;
@@ -241,6 +275,8 @@ pub struct System {
     cookies: Vec<String>,
     floor_ctl: Option<Mutex<TcpStream>>,
     origin: Option<tokio::task::JoinHandle<()>>,
+    /// The counting relay in front of the mock, if the setup asked for one.
+    pub tap: Option<Tap>,
 }
 
 impl Drop for System {
@@ -268,6 +304,66 @@ async fn wait_port(addr: SocketAddr, procs: &mut [Proc], within: Duration) -> an
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Wait until `GET path` at `addr` answers `200` three times in a row (each
+/// a fresh connection, closed at once), or fail after `within`.
+async fn wait_stream(
+    addr: SocketAddr,
+    path: &str,
+    procs: &mut [Proc],
+    within: Duration,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + within;
+    let mut ok_in_a_row = 0;
+    let mut last = String::from("no answer");
+    while ok_in_a_row < 3 {
+        for p in procs.iter_mut() {
+            if let Some(st) = p.exited() {
+                anyhow::bail!("{} exited during start-up ({st})", p.name);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no stream from {addr}{path} within {within:?} (last: {last})");
+        }
+        let probe = async {
+            let mut sock = TcpStream::connect(addr).await?;
+            sock.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await?;
+            anyhow::Ok(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(line)) if line.starts_with("HTTP/1.1 200") => ok_in_a_row += 1,
+            Ok(Ok(line)) => {
+                ok_in_a_row = 0;
+                last = line;
+            }
+            Ok(Err(e)) => {
+                ok_in_a_row = 0;
+                last = e.to_string();
+            }
+            Err(_) => {
+                ok_in_a_row = 0;
+                last = "no answer within 2 s".into();
+            }
+        }
+        if ok_in_a_row < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -476,10 +572,14 @@ impl System {
         kind: Kind,
         env: &Env,
         users: usize,
-        payload: Payload,
+        setup: &Setup,
     ) -> anyhow::Result<System> {
+        let payload = setup.payload;
         if payload == Payload::Pass && kind != Kind::Ssemux {
             anyhow::bail!("pass-through payloads are for plain ssemux only");
+        }
+        if (setup.tap || setup.ssemux_config.is_some()) && kind != Kind::Ssemux {
+            anyhow::bail!("a tap or a configuration file is for plain ssemux only");
         }
         let mut sys = System {
             kind,
@@ -492,8 +592,10 @@ impl System {
             cookies: Vec::new(),
             floor_ctl: None,
             origin: None,
+            tap: None,
         };
         let ports: &[u16] = match kind {
+            Kind::Ssemux if setup.tap => &[SSEMUX_PORT, MOCK_PORT, TAP_PORT],
             Kind::Ssemux => &[SSEMUX_PORT, MOCK_PORT],
             Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => &[SSEMUX_PORT, MOCK_PORT, NGINX_TLS_PORT],
             Kind::NginxPassthrough => &[NGINX_PORT, MOCK_PORT],
@@ -505,14 +607,27 @@ impl System {
         match kind {
             Kind::Ssemux => {
                 sys.backend = Some(spawn_mock(env).await?);
-                let backend = format!("http://{}", lo(MOCK_PORT));
-                let config = match payload {
-                    Payload::Triggers => None,
-                    Payload::Pass => {
+                let backend = if setup.tap {
+                    sys.tap = Some(Tap::start(lo(TAP_PORT), lo(MOCK_PORT), EVENTS_PATH).await?);
+                    format!("http://{}", lo(TAP_PORT))
+                } else {
+                    format!("http://{}", lo(MOCK_PORT))
+                };
+                let config = match (payload, &setup.ssemux_config) {
+                    (Payload::Pass, Some(_)) => {
+                        anyhow::bail!("the pass-through payload brings its own configuration")
+                    }
+                    (Payload::Pass, None) => {
                         let path = env.work.join("ssemux-pass.toml");
                         std::fs::write(&path, pass::RULES_TOML)?;
                         Some(path)
                     }
+                    (Payload::Triggers, Some(toml)) => {
+                        let path = env.work.join("ssemux-scenario.toml");
+                        std::fs::write(&path, toml)?;
+                        Some(path)
+                    }
+                    (Payload::Triggers, None) => None,
                 };
                 sys.servers =
                     vec![spawn_ssemux(env, kind, &backend, config.as_deref(), &[]).await?];
@@ -591,6 +706,16 @@ impl System {
                 let mut p = vec![Proc::spawn("pushpin", cmd, &env.work.join("pushpin.log"))?];
                 wait_port(lo(PUSHPIN_PORT), &mut p, Duration::from_secs(30)).await?;
                 wait_port(lo(PUSHPIN_PUBLISH_PORT), &mut p, Duration::from_secs(30)).await?;
+                // Its ports listen before its pipeline (proxy, handler,
+                // zurl) is connected: tabs opened in that window got 500s
+                // and time-outs. Wait until a stream opens end to end.
+                wait_stream(
+                    lo(PUSHPIN_PORT),
+                    "/events/benchready",
+                    &mut p,
+                    Duration::from_secs(30),
+                )
+                .await?;
                 sys.servers = p;
                 sys.tab_addr = lo(PUSHPIN_PORT);
             }
@@ -671,7 +796,14 @@ impl System {
             source: source_ip(i),
             user_gauge: None,
             pass_user: (self.payload == Payload::Pass).then_some(user),
+            sentinel: None,
+            open_gate: None,
         }
+    }
+
+    /// Where its tabs connect.
+    pub fn tab_addr(&self) -> SocketAddr {
+        self.tab_addr
     }
 
     /// Root pids of the server processes (the thing measured).
@@ -860,6 +992,47 @@ impl System {
         ))
     }
 
+    /// POST one of the mock's fault controls (`/__admin/…` with its query).
+    pub async fn admin(&self, path_and_query: &str) -> anyhow::Result<()> {
+        self.post(
+            format!("http://{}{path_and_query}", lo(MOCK_PORT)),
+            &[],
+            String::new(),
+        )
+        .await
+    }
+
+    /// Emit `lines` (`user<TAB>event<TAB>data` each) at the mock in one
+    /// batch, in order.
+    pub async fn emit_lines(&self, lines: String) -> anyhow::Result<()> {
+        self.post(
+            format!("http://{}/__admin/emit-batch", lo(MOCK_PORT)),
+            &[],
+            lines,
+        )
+        .await
+    }
+
+    /// Open backend streams of `user` (the mock's own count).
+    pub async fn backend_streams_of(&self, user: &str) -> Option<u64> {
+        self.backend.as_ref()?;
+        let req = http::Request::get(format!("http://{}/__admin/stats", lo(MOCK_PORT)))
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Some(
+            v.get("openStreams")?
+                .get(user)
+                .and_then(|n| n.as_u64())
+                .unwrap_or(0),
+        )
+    }
+
     /// Restart the backend: new epoch, every stream dropped.
     pub async fn restart_backend(&self) -> anyhow::Result<()> {
         self.post(
@@ -869,4 +1042,66 @@ impl System {
         )
         .await
     }
+}
+
+/// `ssemux check-config --print` of the configuration `toml` (with the
+/// run's `--ssemux-set` values, as `serve` gets them): the effective
+/// configuration, or the binary's refusal in its own words.
+pub fn ssemux_check(env: &Env, name: &str, toml: &str) -> Result<toml::Value, String> {
+    let path = env.work.join(format!("check-{name}.toml"));
+    std::fs::write(&path, toml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let out = Command::new(env.bin_dir.join("ssemux"))
+        .arg("check-config")
+        .args(["--backend", "http://127.0.0.1:9"])
+        .args(env.ssemux_sets.iter().flat_map(|s| ["--set", s.as_str()]))
+        .arg("--print")
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("cannot run ssemux check-config: {e}"))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        // The message names the scratch file; its name is enough.
+        let why = why
+            .trim()
+            .replace(&path.display().to_string(), &format!("check-{name}.toml"));
+        return Err(if why.is_empty() {
+            format!("check-config exited {}", out.status)
+        } else {
+            why.to_string()
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.parse::<toml::Value>()
+        .map_err(|e| format!("check-config printed no TOML: {e}"))
+}
+
+/// The `[[translate.rules]]` of an effective configuration with `coalesce`
+/// set in every rule (replacing any value it had), as a configuration file.
+pub fn rules_with_coalesce(effective: &toml::Value, coalesce: bool) -> Option<String> {
+    let mut rules = effective
+        .get("translate")?
+        .get("rules")?
+        .as_array()?
+        .clone();
+    for r in &mut rules {
+        r.as_table_mut()?
+            .insert("coalesce".into(), toml::Value::Boolean(coalesce));
+    }
+    let mut translate = toml::Table::new();
+    translate.insert("rules".into(), toml::Value::Array(rules));
+    let mut top = toml::Table::new();
+    top.insert("translate".into(), toml::Value::Table(translate));
+    let body = toml::to_string(&top).ok()?;
+    Some(format!(
+        "# Written by ssemux-bench: the binary's default rules (check-config --print) with coalesce = {coalesce}.\n{body}"
+    ))
+}
+
+/// `upstream.connects_per_second` of an effective configuration.
+pub fn connects_per_second(effective: &toml::Value) -> Option<u64> {
+    effective
+        .get("upstream")?
+        .get("connects_per_second")?
+        .as_integer()
+        .and_then(|n| u64::try_from(n).ok())
 }
