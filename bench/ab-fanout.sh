@@ -58,7 +58,7 @@ for i in $(seq 1 "$RUNS"); do
   for side in $order; do
     if [ "$side" = a ]; then sc=$A_SCENARIOS; else sc=$SCENARIOS; fi
     echo "== run $i, $side (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-    "$BENCH_BIN" run --profile "$PROFILE" --systems ssemux --scenarios "$sc" \
+    "$BENCH_BIN" run --profile "$PROFILE" --repeat 1 --systems ssemux --scenarios "$sc" \
       --bin-dir "$OUT/bin-$side" --port-offset "$PORT_OFFSET" \
       --out-dir "$OUT/$side-$i" --markdown "$OUT/$side-$i.md" \
       --plot-script /dev/null > "$OUT/$side-$i.log" 2>&1 || {

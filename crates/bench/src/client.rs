@@ -256,7 +256,8 @@ fn on_event(
     }
     let stamp = std::str::from_utf8(data)
         .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
+        // `<ts>` or `<ts>.<n>` (ssemux's events are made distinct).
+        .and_then(|s| s.trim().split('.').next()?.parse::<u64>().ok())
         .filter(|&ts| ts >= MIN_STAMP_US);
     let Some(ts) = stamp else {
         rec.other.fetch_add(1, Ordering::Relaxed);

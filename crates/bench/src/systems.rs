@@ -851,10 +851,14 @@ impl System {
         }
         match self.kind {
             Kind::Ssemux | Kind::SsemuxHttps | Kind::SsemuxHttpsH2 => {
-                let mut body = String::with_capacity(users.len() * 48);
-                for u in users {
+                let mut body = String::with_capacity(users.len() * 56);
+                // `.i` makes each event's triggers distinct: a user gets
+                // several events per tick, and identical triggers would be
+                // coalesced — the peers deliver every one, so this step
+                // measures ssemux delivering every one too.
+                for (i, u) in users.iter().enumerate() {
                     body.push_str(&format!(
-                        "user{u}\tinbound\t{{\"peer\":\"{ts}\",\"rowId\":0}}\n"
+                        "user{u}\tinbound\t{{\"peer\":\"{ts}.{i}\",\"rowId\":0}}\n"
                     ));
                 }
                 self.post(
