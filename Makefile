@@ -111,7 +111,7 @@ chaos:
 ## Side-by-side benchmarks: ssemux, nginx pass-through, Pushpin, nchan and a
 ## raw fan-out floor, same scenarios, one run. Writes docs/benchmarks.md,
 ## docs/bench/run-*.json and the plot. Not part of `make test`. `bench` is the
-## quick profile (under 5 minutes), `bench-full` the issue's sizes.
+## quick profile (about 9 minutes: two rounds), `bench-full` the issue's sizes.
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),target)/release/ssemux-bench
 bench-deps:
 	./bench/install-peers.sh

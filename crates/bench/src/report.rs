@@ -870,7 +870,7 @@ fn bursty(out: &mut String, systems: &[Value]) {
          return them — what a tab can see of ssemux's writes (a write larger than 4 KiB is several reads, and reads may \
          merge writes); **bytes** = everything it read. \"on\" and \"off\" are this binary's default rules \
          (`check-config --print`) written to a file with `coalesce = true` / `false` in every rule.\n\n\
-         A tab that falls more than `hub.max_lag_frames` behind gets a `resync` instead of what it missed (and perhaps \
+         A tab that falls behind past `hub.max_lag` or `hub.max_lag_bytes` (older binaries: `hub.max_lag_frames`) gets a `resync` instead of what it missed (and perhaps \
          not the sentinel): its burst ends when it has read nothing for 300 ms after the `resync` (counted in the burst's time).\n\n\
          | system | round | coalescing | events/tab/burst | reads/tab/burst | bytes/tab/burst | resyncs/tab (tab-bursts ended by one) | burst → all tabs (median) | server CPU s | off ÷ on (events, reads, bytes) |\n\
          |---|---|---|---|---|---|---|---|---|---|",
