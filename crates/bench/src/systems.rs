@@ -978,8 +978,8 @@ impl System {
         Ok(users.len())
     }
 
-    /// The mock's stream counters: (open now, opened since start).
-    pub async fn backend_streams(&self) -> Option<(u64, u64)> {
+    /// The mock's `/__admin/stats` document, if this system has the mock.
+    async fn mock_stats(&self) -> Option<serde_json::Value> {
         self.backend.as_ref()?;
         let req = http::Request::get(format!("http://{}/__admin/stats", lo(MOCK_PORT)))
             .body(Full::new(Bytes::new()))
@@ -989,7 +989,12 @@ impl System {
             .ok()?
             .ok()?;
         let body = resp.into_body().collect().await.ok()?.to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The mock's stream counters: (open now, opened since start).
+    pub async fn backend_streams(&self) -> Option<(u64, u64)> {
+        let v = self.mock_stats().await?;
         Some((
             v.get("openStreamsTotal")?.as_u64()?,
             v.get("streamsOpenedTotal")?.as_u64()?,
@@ -1019,16 +1024,7 @@ impl System {
 
     /// Open backend streams of `user` (the mock's own count).
     pub async fn backend_streams_of(&self, user: &str) -> Option<u64> {
-        self.backend.as_ref()?;
-        let req = http::Request::get(format!("http://{}/__admin/stats", lo(MOCK_PORT)))
-            .body(Full::new(Bytes::new()))
-            .ok()?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
-            .await
-            .ok()?
-            .ok()?;
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let v = self.mock_stats().await?;
         Some(
             v.get("openStreams")?
                 .get(user)

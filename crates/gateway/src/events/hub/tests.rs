@@ -465,6 +465,35 @@ async fn concurrent_subscribe_unsubscribe_races() {
     assert!(hub.upstreams_started() >= 3);
 }
 
+/// A hub over `script` whose upstream `with` configures, and one tab for
+/// each of `users` users (`user0`, `user1`, …).
+fn users_one_tab_each(
+    script: &Arc<Script>,
+    users: usize,
+    with: impl FnOnce(Upstream) -> Upstream,
+) -> (Hub, Vec<Subscription>) {
+    let upstream = with(Upstream::new(
+        Arc::new(Conn(script.clone())),
+        Arc::new(Rules::default()),
+        settings(),
+        None,
+    ));
+    let hub = Hub::new(
+        HubConfig {
+            grace: GRACE,
+            ring_size: 8,
+            max_tabs_per_user: 1,
+            max_total_tabs: users,
+            ..HubConfig::default()
+        },
+        upstream,
+    );
+    let tabs = (0..users)
+        .map(|i| hub.subscribe(&format!("user{i}"), "c").expect("tab"))
+        .collect();
+    (hub, tabs)
+}
+
 /// A backend restart drops every user's stream at once: the reconnects reach
 /// the backend at the configured pace, not all in the same instant, and
 /// every user is back.
@@ -473,27 +502,7 @@ async fn reconnect_storm_is_paced_across_users() {
     const USERS: usize = 3000;
     const RATE: u32 = 1000;
     let script = Arc::new(Script::default());
-    let upstream = Upstream::new(
-        Arc::new(Conn(script.clone())),
-        Arc::new(Rules::default()),
-        settings(),
-        None,
-    )
-    .with_connect_rate(RATE);
-    let hub = Hub::new(
-        HubConfig {
-            grace: GRACE,
-            ring_size: 8,
-            max_lag_bytes: 1 << 20,
-            max_tabs_per_user: 1,
-            max_total_tabs: USERS,
-            ..HubConfig::default()
-        },
-        upstream,
-    );
-    let tabs: Vec<_> = (0..USERS)
-        .map(|i| hub.subscribe(&format!("user{i}"), "c").expect("tab"))
-        .collect();
+    let (hub, tabs) = users_one_tab_each(&script, USERS, |u| u.with_connect_rate(RATE));
     // The first connects are paced too; let them all happen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     settle().await;
@@ -543,28 +552,10 @@ async fn long_outage_is_probed_from_one_place_and_users_come_back_paced() {
     let outage = Duration::from_secs(30);
     for circuit in [true, false] {
         let script = Arc::new(Script::default());
-        let upstream = Upstream::new(
-            Arc::new(Conn(script.clone())),
-            Arc::new(Rules::default()),
-            settings(),
-            None,
-        )
-        .with_connect_rate(RATE)
-        .with_circuit(if circuit { 3 } else { 0 }, PROBE);
-        let hub = Hub::new(
-            HubConfig {
-                grace: GRACE,
-                ring_size: 8,
-                max_lag_bytes: 1 << 20,
-                max_tabs_per_user: 1,
-                max_total_tabs: USERS,
-                ..HubConfig::default()
-            },
-            upstream,
-        );
-        let tabs: Vec<_> = (0..USERS)
-            .map(|i| hub.subscribe(&format!("user{i}"), "c").expect("tab"))
-            .collect();
+        let (hub, tabs) = users_one_tab_each(&script, USERS, |u| {
+            u.with_connect_rate(RATE)
+                .with_circuit(if circuit { 3 } else { 0 }, PROBE)
+        });
         tokio::time::sleep(Duration::from_secs(10)).await;
         settle().await;
         assert_eq!(script.call_count(), USERS);
