@@ -502,7 +502,7 @@ async fn reconnect_storm_is_paced_across_users() {
     const USERS: usize = 3000;
     const RATE: u32 = 1000;
     let script = Arc::new(Script::default());
-    let (hub, tabs) = users_one_tab_each(&script, USERS, |u| u.with_connect_rate(RATE));
+    let (_hub, tabs) = users_one_tab_each(&script, USERS, |u| u.with_connect_rate(RATE));
     // The first connects are paced too; let them all happen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     settle().await;
@@ -552,7 +552,7 @@ async fn long_outage_is_probed_from_one_place_and_users_come_back_paced() {
     let outage = Duration::from_secs(30);
     for circuit in [true, false] {
         let script = Arc::new(Script::default());
-        let (hub, tabs) = users_one_tab_each(&script, USERS, |u| {
+        let (_hub, tabs) = users_one_tab_each(&script, USERS, |u| {
             u.with_connect_rate(RATE)
                 .with_circuit(if circuit { 3 } else { 0 }, PROBE)
         });
