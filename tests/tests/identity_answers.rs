@@ -19,7 +19,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ssemux_gateway::{Config, Gateway};
 use tokio::net::TcpListener;
 
 /// How the fake backend's identity endpoint answers.
@@ -95,18 +94,10 @@ async fn backend(me: Me) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn gateway(backend: SocketAddr, extra: &[&str]) -> SocketAddr {
-    let mut sets = vec![
-        format!("backend=http://{backend}"),
-        // Long enough that a reconnecting tab's attempts fall inside it.
-        "auth.negative_ttl=30s".to_string(),
-    ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
-    let gw = Gateway::new(cfg).expect("gateway");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gw.serve(listener));
-    addr
+    // Long enough that a reconnecting tab's attempts fall inside it.
+    let mut sets = vec!["auth.negative_ttl=30s"];
+    sets.extend(extra);
+    common::gateway_for(backend, &sets).await.1
 }
 
 /// The gateway's log lines, recorded once for the whole test binary.

@@ -6,6 +6,7 @@
 //! backend address, the key file and faster reconnects are set, as a
 //! deployment would with `--backend` and `--set`.
 
+mod common;
 mod seeds;
 
 use std::net::SocketAddr;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use seeds::{cloud_share, fastapi_sse, synckit};
 use ssemux_gateway::{Config, Gateway};
-use tokio::net::TcpListener;
 
 /// Deadline for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(10);
@@ -38,11 +38,7 @@ async fn gateway(name: &str, backend: &str, extra: &[String]) -> (Arc<Gateway>, 
     ];
     sets.extend(extra.iter().cloned());
     let cfg = Config::from_parts(&profile(name), Vec::new(), &sets).expect("profile loads");
-    let gw = Gateway::new(cfg).expect("gateway");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gw.clone().serve(listener));
-    (gw, addr)
+    common::serve(cfg).await
 }
 
 #[test]

@@ -109,14 +109,7 @@ async fn split_cookie_fields_reach_the_backend_as_the_one_value_authenticated() 
 /// A gateway in front of the echo backend, with `extra` settings.
 async fn echo_gateway(extra: &[&str]) -> SocketAddr {
     let backend = cookie_echo().await;
-    let mut sets = vec![format!("backend=http://{backend}")];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
-    let gw = Gateway::new(cfg).expect("gateway");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gw.serve(listener));
-    addr
+    common::gateway_for(backend, extra).await.1
 }
 
 #[tokio::test]

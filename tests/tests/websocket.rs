@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use ssemux_gateway::{Config, Gateway};
+use ssemux_gateway::Gateway;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -106,14 +106,7 @@ async fn backend() -> (SocketAddr, Seen) {
 
 /// A gateway in front of `backend` (default config + `extra`).
 async fn gateway(backend: SocketAddr, extra: &[&str]) -> (Arc<Gateway>, SocketAddr) {
-    let mut sets = vec![format!("backend=http://{backend}")];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
-    let gw = Gateway::new(cfg).expect("gateway");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gw.clone().serve(listener));
-    (gw, addr)
+    common::gateway_for(backend, extra).await
 }
 
 type Client = WebSocketStream<TcpStream>;

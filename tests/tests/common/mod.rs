@@ -456,15 +456,25 @@ impl ScriptedBackend {
 
     /// A gateway in front of this backend (default config + `overrides`).
     pub async fn gateway(&self, overrides: &[&str]) -> (Arc<Gateway>, SocketAddr) {
-        let mut sets = vec![format!("backend=http://{}", self.addr)];
-        sets.extend(overrides.iter().map(|s| s.to_string()));
-        let cfg = Config::from_parts("", Vec::new(), &sets).expect("config");
-        let gateway = Gateway::new(cfg).expect("gateway");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(gateway.clone().serve(listener));
-        (gateway, addr)
+        gateway_for(self.addr, overrides).await
     }
+}
+
+/// A gateway in front of `backend` (default config + `overrides`), on a
+/// fresh loopback port.
+pub async fn gateway_for(backend: SocketAddr, overrides: &[&str]) -> (Arc<Gateway>, SocketAddr) {
+    let mut sets = vec![format!("backend=http://{backend}")];
+    sets.extend(overrides.iter().map(|s| s.to_string()));
+    serve(Config::from_parts("", Vec::new(), &sets).expect("config")).await
+}
+
+/// A gateway running `cfg`, on a fresh loopback port.
+pub async fn serve(cfg: Config) -> (Arc<Gateway>, SocketAddr) {
+    let gateway = Gateway::new(cfg).expect("gateway");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.clone().serve(listener));
+    (gateway, addr)
 }
 
 /// Poll `cond` until it holds or `wait` passes; returns whether it held.
